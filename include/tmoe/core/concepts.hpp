@@ -1,0 +1,84 @@
+#pragma once
+// The roles a user composes, as C++20 concepts. Each shipped member has a
+// static_assert(Concept<Member>) beside it; the templates that take a role check it with a
+// static_assert that says what is wrong in a sentence (see docs/concepts/).
+#include <concepts>
+#include <cstdint>
+#include <string_view>
+#include <type_traits>
+
+#include "tmoe/core/registry.hpp"
+
+namespace tmoe {
+
+struct RouterParams;
+struct ExpertShape;
+
+namespace detail {
+// A stand-in backend used only to name policy implementations inside concepts; no member
+// body is ever instantiated with it.
+struct NoBackend {};
+}  // namespace detail
+
+template <class P>
+concept Named = requires {
+  { P::name } -> std::convertible_to<std::string_view>;
+};
+
+// A backend: a memory space and the ops the layers call by name.
+template <class B>
+concept Backend = Named<B> && requires(typename B::template GemmArgs<float> gf, typename B::template GemmArgs<double> gd) {
+  typename B::Space;
+  B::template gemm<float>(gf);
+  B::template gemm<double>(gd);
+};
+
+// Storage/compute/master/gradient/optimizer-state types and loss scaling.
+template <class P>
+concept PrecisionPolicy = Named<P> && requires {
+  typename P::storage;
+  typename P::compute;
+  typename P::master;
+  typename P::grad;
+  typename P::state;
+  { P::loss_scaling } -> std::convertible_to<bool>;
+} && std::is_floating_point_v<typename P::compute>;
+
+// A router: per-token math from router logits to expert ids and gate weights, and back.
+template <class R>
+concept Router = Named<R> && requires(const RouterParams& rp, const double* l, std::int32_t* ids, double* g,
+                                      double* p, double* lse, const double* cg, double* dl) {
+  R::template forward_token<double>(rp, l, ids, g, p, lse);
+  R::template backward_token<double>(rp, ids, cg, cg, cg, cg, 0.0, dl);
+};
+
+// An expert: a feed-forward map applied to the rows routed to it, with hand-written
+// backward; `impl<T, B>` declares its parameters in the registry.
+template <class E>
+concept Expert = Named<E> && requires {
+  { E::matrices } -> std::convertible_to<int>;
+  typename E::template impl<double, detail::NoBackend>;
+  { E::template impl<double, detail::NoBackend>::weights(std::declval<const ExpertShape&>()) } -> std::convertible_to<std::int64_t>;
+};
+
+// An optimizer: an update rule with `slots` state arrays per parameter element.
+template <class O>
+concept Optimizer = Named<O> && requires(const O& o, double* p, const double* g, double** state, float* pf,
+                                         const float* gf, float** statef) {
+  { O::slots } -> std::convertible_to<int>;
+  o.update(p, g, state, std::int64_t{}, 0.0, 0.0, std::int64_t{});
+  o.update(pf, gf, statef, std::int64_t{}, 0.0, 0.0, std::int64_t{});
+};
+
+// A parallel strategy: the process layout, gradient reduction and the reductions of
+// metrics. `Serial` is one process.
+template <class S>
+concept ParallelStrategy = Named<S> && requires(S& s, float* gf, double* gd, double v) {
+  { s.rank() } -> std::convertible_to<int>;
+  { s.size() } -> std::convertible_to<int>;
+  s.reduce_gradients(gf, std::int64_t{});
+  s.reduce_gradients(gd, std::int64_t{});
+  { s.sum(v) } -> std::convertible_to<double>;
+};
+
+}  // namespace tmoe

@@ -1,0 +1,203 @@
+#pragma once
+// Run-time configuration: every number (sizes, counts, k, weights, rates, schedule) is a
+// field here, never a template parameter (DESIGN.md principle 1). Each struct lists its
+// fields once in `fields()`, which the YAML loader, the command-line overrides, the
+// validation and the metrics header all walk, so no name is kept twice.
+#include <cstdint>
+#include <string>
+#include <tuple>
+
+#include "tmoe/core/error.hpp"
+
+namespace tmoe {
+
+template <class C, class M>
+struct Field {
+  const char* name;
+  M C::*member;
+  const char* help;
+};
+template <class C, class M>
+constexpr Field<C, M> field(const char* name, M C::*member, const char* help) {
+  return {name, member, help};
+}
+
+struct ModelConfig {
+  std::int64_t vocab_size = 256;
+  std::int64_t context = 256;     // maximum sequence length T
+  std::int64_t d_model = 256;
+  std::int64_t n_layers = 4;
+  std::int64_t n_heads = 8;
+  std::int64_t d_ff = 1024;       // hidden width of a dense feed-forward layer
+  std::int64_t n_experts = 8;
+  std::int64_t top_k = 2;
+  std::int64_t d_expert = 512;    // hidden width of one expert
+  bool router_renormalize = true; // softmax over the k selected logits (seed) vs. softmax-then-top-k
+  double aux_loss_weight = 1e-2;  // Switch/GShard load-balancing loss
+  double z_loss_weight = 1e-3;    // router z-loss (ST-MoE)
+  bool tie_embeddings = true;
+  bool linear_bias = false;       // biases on attention projections and dense FFN layers
+  double norm_eps = 1e-5;
+  double rope_base = 10000.0;
+  double init_std = 0.02;
+  bool gelu_exact = false;        // GELU: tanh approximation (default) or exact erf
+
+  static constexpr auto fields() {
+    using C = ModelConfig;
+    return std::make_tuple(
+        field("vocab_size", &C::vocab_size, "token vocabulary size"),
+        field("context", &C::context, "maximum sequence length"),
+        field("d_model", &C::d_model, "residual stream width"),
+        field("n_layers", &C::n_layers, "number of transformer blocks"),
+        field("n_heads", &C::n_heads, "attention heads (must divide d_model)"),
+        field("d_ff", &C::d_ff, "hidden width of dense feed-forward layers"),
+        field("n_experts", &C::n_experts, "routed experts per MoE layer"),
+        field("top_k", &C::top_k, "experts per token"),
+        field("d_expert", &C::d_expert, "hidden width of one expert"),
+        field("router_renormalize", &C::router_renormalize,
+              "true: softmax over the top-k logits; false: top-k of the full softmax"),
+        field("aux_loss_weight", &C::aux_loss_weight, "weight of the load-balancing loss"),
+        field("z_loss_weight", &C::z_loss_weight, "weight of the router z-loss"),
+        field("tie_embeddings", &C::tie_embeddings, "output head shares the token embedding"),
+        field("linear_bias", &C::linear_bias, "biases on attention and dense FFN projections"),
+        field("norm_eps", &C::norm_eps, "epsilon of RMSNorm/LayerNorm"),
+        field("rope_base", &C::rope_base, "RoPE frequency base"),
+        field("init_std", &C::init_std, "standard deviation of initial weights"),
+        field("gelu_exact", &C::gelu_exact, "exact erf GELU instead of the tanh approximation"));
+  }
+
+  void validate() const {
+    auto pos = [](std::int64_t v, const char* name) {
+      if (v <= 0) throw Error(detail::cat(name, " is ", v), detail::cat("model.", name), "a positive integer");
+    };
+    pos(vocab_size, "vocab_size");
+    pos(context, "context");
+    pos(d_model, "d_model");
+    pos(n_layers, "n_layers");
+    pos(n_heads, "n_heads");
+    pos(d_ff, "d_ff");
+    pos(n_experts, "n_experts");
+    pos(top_k, "top_k");
+    pos(d_expert, "d_expert");
+    if (d_model % n_heads != 0)
+      throw Error(detail::cat("d_model ", d_model, " is not divisible by n_heads ", n_heads), "model.d_model",
+                  "a multiple of n_heads");
+    if ((d_model / n_heads) % 2 != 0)
+      throw Error(detail::cat("head size d_model/n_heads = ", d_model / n_heads, " is odd"), "model.n_heads",
+                  "an even head size (RoPE rotates pairs)");
+    if (top_k > n_experts)
+      throw Error(detail::cat("top_k ", top_k, " is larger than n_experts ", n_experts), "model.top_k",
+                  detail::cat("1 <= top_k <= n_experts = ", n_experts));
+    if (!(norm_eps > 0)) throw Error("norm_eps must be positive", "model.norm_eps", "a positive number");
+    if (!(init_std > 0)) throw Error("init_std must be positive", "model.init_std", "a positive number");
+    if (aux_loss_weight < 0 || z_loss_weight < 0)
+      throw Error("loss weights must not be negative", "model.aux_loss_weight/z_loss_weight", ">= 0");
+  }
+
+  std::int64_t head_dim() const { return d_model / n_heads; }
+};
+
+struct TrainConfig {
+  std::uint64_t seed = 1234;
+  std::int64_t steps = 1000;
+  std::int64_t batch_size = 8;       // sequences per micro-batch
+  std::int64_t seq_len = 256;        // tokens per sequence (<= model.context)
+  std::int64_t grad_accum = 1;       // micro-batches per optimizer step
+  double lr = 3e-3;
+  double min_lr_ratio = 0.1;         // cosine decays to lr * min_lr_ratio
+  double warmup_fraction = 0.05;     // linear warm-up over this share of the steps
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double adam_eps = 1e-8;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;            // global-norm clipping; 0 turns it off
+  std::int64_t eval_interval = 100;  // validation loss every N steps
+  std::int64_t eval_batches = 8;
+  std::int64_t log_interval = 10;
+  std::int64_t threads = 0;          // 0: all hardware threads
+  std::int64_t sample_tokens = 200;
+  double sample_temperature = 0.8;   // 0: greedy
+  std::string metrics_file;          // JSON lines, one per logged interval; empty: none
+  std::string save_weights;          // safetensors file written at the end; empty: none
+  double time_limit_s = 0;           // stop early after this many seconds; 0: none
+
+  static constexpr auto fields() {
+    using C = TrainConfig;
+    return std::make_tuple(
+        field("seed", &C::seed, "seed of every random draw"),
+        field("steps", &C::steps, "optimizer steps"),
+        field("batch_size", &C::batch_size, "sequences per micro-batch"),
+        field("seq_len", &C::seq_len, "tokens per training sequence"),
+        field("grad_accum", &C::grad_accum, "micro-batches per optimizer step"),
+        field("lr", &C::lr, "peak learning rate"),
+        field("min_lr_ratio", &C::min_lr_ratio, "final learning rate as a share of lr"),
+        field("warmup_fraction", &C::warmup_fraction, "share of steps with linear warm-up"),
+        field("beta1", &C::beta1, "AdamW beta1"),
+        field("beta2", &C::beta2, "AdamW beta2"),
+        field("adam_eps", &C::adam_eps, "AdamW epsilon"),
+        field("weight_decay", &C::weight_decay, "decoupled weight decay (decay group only)"),
+        field("grad_clip", &C::grad_clip, "global gradient-norm limit; 0 disables"),
+        field("eval_interval", &C::eval_interval, "steps between validation losses"),
+        field("eval_batches", &C::eval_batches, "micro-batches per validation loss"),
+        field("log_interval", &C::log_interval, "steps between progress lines"),
+        field("threads", &C::threads, "worker threads; 0 = all"),
+        field("sample_tokens", &C::sample_tokens, "tokens generated for the final sample"),
+        field("sample_temperature", &C::sample_temperature, "sampling temperature; 0 = greedy"),
+        field("metrics_file", &C::metrics_file, "JSON-lines metrics file"),
+        field("save_weights", &C::save_weights, "safetensors file written at the end"),
+        field("time_limit_s", &C::time_limit_s, "stop after this many seconds; 0 = no limit"));
+  }
+
+  void validate(const ModelConfig& m) const {
+    auto pos = [](std::int64_t v, const char* name) {
+      if (v <= 0) throw Error(detail::cat(name, " is ", v), detail::cat("train.", name), "a positive integer");
+    };
+    pos(steps, "steps");
+    pos(batch_size, "batch_size");
+    pos(seq_len, "seq_len");
+    pos(grad_accum, "grad_accum");
+    pos(eval_interval, "eval_interval");
+    pos(eval_batches, "eval_batches");
+    pos(log_interval, "log_interval");
+    if (seq_len > m.context)
+      throw Error(detail::cat("seq_len ", seq_len, " exceeds model.context ", m.context), "train.seq_len",
+                  detail::cat("<= ", m.context));
+    if (!(lr > 0)) throw Error("lr must be positive", "train.lr", "a positive number");
+    if (warmup_fraction < 0 || warmup_fraction > 1)
+      throw Error("warmup_fraction out of range", "train.warmup_fraction", "a value in [0, 1]");
+    if (min_lr_ratio < 0 || min_lr_ratio > 1)
+      throw Error("min_lr_ratio out of range", "train.min_lr_ratio", "a value in [0, 1]");
+    if (beta1 < 0 || beta1 >= 1 || beta2 < 0 || beta2 >= 1)
+      throw Error("AdamW betas out of range", "train.beta1/beta2", "values in [0, 1)");
+    if (grad_clip < 0) throw Error("grad_clip is negative", "train.grad_clip", ">= 0 (0 disables clipping)");
+    if (threads < 0) throw Error("threads is negative", "train.threads", ">= 0 (0 = all)");
+  }
+};
+
+struct DataConfig {
+  std::string corpus = "/usr/share/games/fortunes";  // file or folder of fortune files / text
+  double val_fraction = 0.05;                         // every 1/val_fraction-th record is held out
+
+  static constexpr auto fields() {
+    using C = DataConfig;
+    return std::make_tuple(field("corpus", &C::corpus, "text file or folder"),
+                           field("val_fraction", &C::val_fraction, "share of records held out for validation"));
+  }
+  void validate() const {
+    if (!(val_fraction > 0 && val_fraction < 0.5))
+      throw Error("val_fraction out of range", "data.val_fraction", "a value in (0, 0.5)");
+  }
+};
+
+struct Config {
+  ModelConfig model;
+  TrainConfig train;
+  DataConfig data;
+  void validate() const {
+    model.validate();
+    train.validate(model);
+    data.validate();
+  }
+};
+
+}  // namespace tmoe

@@ -1,0 +1,95 @@
+#pragma once
+// The parameter registry: every parameter of a model is a named, shaped, tagged view into
+// one flat buffer (and the same view into the flat gradient buffer). Optimizers, weight
+// decay groups, clipping, checkpoints, parity tests and (later) all-reduce buckets and ZeRO
+// shards all walk this list; nothing keeps a parallel list of names (DESIGN.md 4).
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "tmoe/core/error.hpp"
+#include "tmoe/tensor/tensor.hpp"
+
+namespace tmoe {
+
+enum Tag : std::uint32_t {
+  kTagEmbedding = 1u << 0,
+  kTagPosition = 1u << 1,
+  kTagNorm = 1u << 2,
+  kTagBias = 1u << 3,
+  kTagAttention = 1u << 4,
+  kTagFfn = 1u << 5,
+  kTagRouter = 1u << 6,
+  kTagExpert = 1u << 7,
+  kTagHead = 1u << 8,
+};
+
+inline std::string tag_names(std::uint32_t tags) {
+  static constexpr const char* names[] = {"embedding", "position", "norm", "bias", "attention",
+                                          "ffn",       "router",   "expert", "head"};
+  std::string s;
+  for (int i = 0; i < 9; ++i)
+    if (tags & (1u << i)) s += (s.empty() ? "" : ",") + std::string(names[i]);
+  return s;
+}
+
+enum class Init { kNormal, kOnes, kZeros };
+
+struct ParamInfo {
+  std::string name;
+  Shape shape;
+  std::int64_t offset = 0;  // in elements, into the flat buffers
+  std::uint32_t tags = 0;
+  Init init = Init::kNormal;
+  double init_std = 0.0;    // for Init::kNormal
+  std::int64_t numel() const { return shape.numel(); }
+  bool has(Tag t) const { return (tags & t) != 0; }
+};
+
+class ParamRegistry {
+ public:
+  // Declares a parameter; returns its index. Offsets are assigned in declaration order and
+  // rounded up to 16 elements so every parameter starts on a 64-byte boundary.
+  int add(std::string name, Shape shape, std::uint32_t tags, Init init, double init_std = 0.0) {
+    if (index_.count(name)) throw Error("parameter declared twice: " + name, "tmoe::ParamRegistry");
+    ParamInfo p{std::move(name), shape, total_, tags, init, init_std};
+    total_ += (p.numel() + 15) / 16 * 16;
+    index_[p.name] = static_cast<int>(params_.size());
+    params_.push_back(std::move(p));
+    return static_cast<int>(params_.size()) - 1;
+  }
+  const std::vector<ParamInfo>& params() const { return params_; }
+  const ParamInfo& operator[](int i) const { return params_[static_cast<std::size_t>(i)]; }
+  int size() const { return static_cast<int>(params_.size()); }
+  std::int64_t total() const { return total_; }  // flat buffer length (with alignment padding)
+  std::int64_t count() const {                   // real parameter count
+    std::int64_t n = 0;
+    for (auto& p : params_) n += p.numel();
+    return n;
+  }
+  const ParamInfo* find(const std::string& name) const {
+    auto it = index_.find(name);
+    return it == index_.end() ? nullptr : &params_[static_cast<std::size_t>(it->second)];
+  }
+
+ private:
+  std::vector<ParamInfo> params_;
+  std::unordered_map<std::string, int> index_;
+  std::int64_t total_ = 0;
+};
+
+// A layer's handle on one parameter: the registry index, then the bound pointers.
+template <class T>
+struct Param {
+  int index = -1;
+  T* w = nullptr;  // value
+  T* g = nullptr;  // gradient
+  void bind(const ParamRegistry& r, T* params, T* grads) {
+    w = params + r[index].offset;
+    g = grads + r[index].offset;
+  }
+  explicit operator bool() const { return index >= 0; }
+};
+
+}  // namespace tmoe
