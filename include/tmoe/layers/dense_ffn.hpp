@@ -1,0 +1,39 @@
+#pragma once
+// A dense feed-forward layer: one expert policy applied to every token (hidden width
+// model.d_ff, biases when model.linear_bias).
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "tmoe/core/concepts.hpp"
+#include "tmoe/core/config.hpp"
+#include "tmoe/moe/experts/expert_shape.hpp"
+
+namespace tmoe {
+
+template <class ExpertP>
+struct Dense {
+  static_assert(Expert<ExpertP>, "tmoe: Dense<Expert>: the argument is not an Expert policy (see docs/concepts/expert.md)");
+  static constexpr const char* name = "dense";
+  static constexpr bool is_moe = false;
+
+  template <class T, class B>
+  struct impl {
+    typename ExpertP::template impl<T, B> ffn;
+    ExpertShape shape;
+    void declare(ParamRegistry& r, const std::string& name, const ModelConfig& cfg) {
+      shape = ExpertShape{cfg.d_model, cfg.d_ff, cfg.linear_bias, kTagFfn, cfg.init_std,
+                          cfg.init_std / std::sqrt(2.0 * static_cast<double>(cfg.n_layers)), cfg.gelu_exact};
+      ffn.declare(r, name, shape);
+    }
+    void bind(const ParamRegistry& r, T* p, T* g) { ffn.bind(r, p, g); }
+    void forward(const T* in, T* out, std::int64_t n) { ffn.forward(in, out, n); }
+    void backward(const T* dout, T* dx, bool accumulate_dx, double) { ffn.backward(dout, dx, accumulate_dx); }
+    double loss() const { return 0.0; }
+    std::span<const std::int64_t> expert_counts() const { return {}; }
+    std::int64_t active_weights() const { return ExpertP::template impl<T, B>::weights(shape); }
+  };
+};
+
+}  // namespace tmoe

@@ -1,0 +1,178 @@
+#pragma once
+// A decoder-only language model composed at compile time:
+//   embedding (+ learned positions) -> n_layers x Block -> final Norm -> head (tied or not)
+// with sizes from the run-time ModelConfig. All parameters live in one flat buffer (and
+// gradients in another) described by the registry; layers hold views into them.
+// Loss = mean cross-entropy over tokens + Σ_layers (aux_w · aux + z_w · z)  (conventions.md).
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tmoe/core/config.hpp"
+#include "tmoe/core/error.hpp"
+#include "tmoe/core/philox.hpp"
+#include "tmoe/core/registry.hpp"
+#include "tmoe/layers/norm.hpp"
+#include "tmoe/tensor/tensor.hpp"
+
+namespace tmoe {
+
+struct LossParts {
+  double ce = 0;     // mean cross-entropy, nats per token
+  double aux = 0;    // weighted balancing losses summed over MoE layers
+  double total = 0;  // what the gradient is of
+};
+
+template <class Block, class Norm = RmsNorm>
+struct DecoderLM {
+  static constexpr const char* name = "decoder_lm";
+  using block_policy = Block;
+  using norm_policy = Norm;
+  using positions = typename Block::attention::positions;
+
+  template <class T, class B>
+  class impl {
+   public:
+    using BlockImpl = typename Block::template impl<T, B, Norm>;
+    using value_type = T;
+    using backend = B;
+
+    explicit impl(const ModelConfig& cfg) : cfg_(cfg) {
+      cfg_.validate();
+      const std::int64_t v = cfg.vocab_size, c = cfg.d_model;
+      wte_.index = registry_.add("embed.weight", Shape{v, c}, kTagEmbedding, Init::kNormal, cfg.init_std);
+      if constexpr (positions::learned)
+        wpe_.index = registry_.add("pos_embed.weight", Shape{cfg.context, c}, kTagPosition, Init::kNormal, cfg.init_std);
+      blocks_.resize(static_cast<std::size_t>(cfg.n_layers));
+      for (std::int64_t l = 0; l < cfg.n_layers; ++l)
+        blocks_[static_cast<std::size_t>(l)].declare(registry_, "layers." + std::to_string(l), cfg);
+      final_norm_.declare(registry_, "final_norm", c, cfg.norm_eps);
+      if (!cfg.tie_embeddings)
+        head_.index = registry_.add("head.weight", Shape{v, c}, kTagHead, Init::kNormal, cfg.init_std);
+      params_.resize(Shape{registry_.total()});
+      grads_.resize(Shape{registry_.total()});
+      T *p = params_.data(), *g = grads_.data();
+      wte_.bind(registry_, p, g);
+      if (wpe_) wpe_.bind(registry_, p, g);
+      for (auto& b : blocks_) b.bind(registry_, p, g);
+      final_norm_.bind(registry_, p, g);
+      if (head_) head_.bind(registry_, p, g);
+    }
+    impl(const impl&) = delete;
+    impl& operator=(const impl&) = delete;
+
+    // Normal(0, std) from Philox keyed (seed, 0, init site, parameter index), element index
+    // within the parameter: independent of layout, threads and declaration of other params.
+    void init(std::uint64_t seed) {
+      for (int i = 0; i < registry_.size(); ++i) {
+        const ParamInfo& pi = registry_[i];
+        T* w = params_.data() + pi.offset;
+        const RngKey key{seed, 0, site_id(Site::kInit), static_cast<std::uint32_t>(i)};
+        for (std::int64_t j = 0; j < pi.numel(); ++j)
+          w[j] = pi.init == Init::kOnes ? T(1)
+               : pi.init == Init::kZeros ? T(0)
+                                         : static_cast<T>(pi.init_std * key.normal(static_cast<std::uint64_t>(j)));
+      }
+    }
+    void zero_grad() { grads_.zero(); }
+
+    // ids, targets: (B, T) token ids; targets may be null (logits only). Returns the loss.
+    LossParts forward(const std::int32_t* ids, const std::int32_t* targets, std::int64_t b, std::int64_t t) {
+      if (t > cfg_.context || t <= 0 || b <= 0)
+        throw Error(detail::cat("batch of shape (", b, ", ", t, ")"), "DecoderLM::forward",
+                    detail::cat("1 <= T <= context = ", cfg_.context));
+      const std::int64_t n = b * t, c = cfg_.d_model, v = cfg_.vocab_size;
+      for (std::int64_t i = 0; i < n; ++i) {
+        if (ids[i] < 0 || ids[i] >= v)
+          throw Error(detail::cat("token id ", ids[i], " at position ", i), "DecoderLM::forward input",
+                      detail::cat("ids in [0, ", v, ")"));
+        if (targets && (targets[i] < 0 || targets[i] >= v))
+          throw Error(detail::cat("target id ", targets[i], " at position ", i), "DecoderLM::forward targets",
+                      detail::cat("ids in [0, ", v, ")"));
+      }
+      b_ = b;
+      t_ = t;
+      ids_ = ids;
+      targets_ = targets;
+      res_.resize(static_cast<std::size_t>(cfg_.n_layers + 1));
+      for (auto& r : res_) r.ensure(Shape{n, c});
+      hf_.ensure(Shape{n, c});
+      logits_.ensure(Shape{n, v});
+      B::embedding_forward(ids, wte_.w, wpe_ ? wpe_.w : static_cast<const T*>(nullptr), res_[0].data(), n, t, c);
+      for (std::size_t l = 0; l < blocks_.size(); ++l) blocks_[l].forward(res_[l].data(), res_[l + 1].data(), b, t);
+      final_norm_.forward(res_.back().data(), hf_.data(), n);
+      const T* hw = head_ ? head_.w : wte_.w;
+      B::gemm(B::Trans::kNo, B::Trans::kYes, n, v, c, T(1), hf_.data(), hw, T(0), logits_.data());
+      LossParts lp;
+      for (auto& blk : blocks_) lp.aux += blk.loss();
+      if (targets) {
+        row_loss_.ensure(Shape{n});
+        lp.ce = B::cross_entropy_forward(logits_.data(), targets, row_loss_.data(), n, v) / static_cast<double>(n);
+      }
+      lp.total = lp.ce + lp.aux;
+      return lp;
+    }
+
+    // Accumulates ∂(grad_scale · loss)/∂θ into the gradient buffer (call zero_grad first).
+    void backward(double grad_scale = 1.0) {
+      if (!targets_) throw Error("backward without targets", "DecoderLM::backward", "forward(ids, targets, ...) first");
+      const std::int64_t n = b_ * t_, c = cfg_.d_model, v = cfg_.vocab_size;
+      dlogits_.ensure(Shape{n, v});
+      dh_.ensure(Shape{n, c});
+      dres_[0].ensure(Shape{n, c});
+      dres_[1].ensure(Shape{n, c});
+      B::cross_entropy_backward(logits_.data(), targets_, dlogits_.data(), n, v, grad_scale / static_cast<double>(n));
+      const T* hw = head_ ? head_.w : wte_.w;
+      T* hg = head_ ? head_.g : wte_.g;
+      B::gemm(B::Trans::kNo, B::Trans::kNo, n, c, v, T(1), dlogits_.data(), hw, T(0), dh_.data());
+      B::gemm(B::Trans::kYes, B::Trans::kNo, v, c, n, T(1), dlogits_.data(), hf_.data(), T(1), hg);
+      final_norm_.backward(dh_.data(), dres_[0].data(), n, false);
+      int cur = 0;
+      for (std::size_t l = blocks_.size(); l-- > 0;) {
+        blocks_[l].backward(dres_[cur].data(), dres_[1 - cur].data(), grad_scale);
+        cur = 1 - cur;
+      }
+      B::embedding_backward(ids_, dres_[cur].data(), wte_.g, wpe_ ? wpe_.g : static_cast<T*>(nullptr), n, t_, c);
+    }
+
+    const ModelConfig& config() const { return cfg_; }
+    const ParamRegistry& registry() const { return registry_; }
+    T* params() { return params_.data(); }
+    const T* params() const { return params_.data(); }
+    T* grads() { return grads_.data(); }
+    const T* grads() const { return grads_.data(); }
+    const T* logits() const { return logits_.data(); }  // (B, T, V) of the last forward
+    std::int64_t n_layers() const { return static_cast<std::int64_t>(blocks_.size()); }
+    BlockImpl& block(std::int64_t l) { return blocks_[static_cast<std::size_t>(l)]; }
+    // Token counts per expert of layer l's last forward (empty for a dense layer).
+    std::span<const std::int64_t> expert_counts(std::int64_t l) const {
+      return blocks_[static_cast<std::size_t>(l)].ffn.expert_counts();
+    }
+
+    // Model FLOPs per token for a sequence of length t (DESIGN.md performance model):
+    // 6 N_active + 6 L t C (causal attention, halved).
+    double flops_per_token(std::int64_t t) const {
+      double active = static_cast<double>(cfg_.vocab_size * cfg_.d_model);  // head
+      for (auto& b : blocks_) active += static_cast<double>(b.attn.weights_per_token() + b.ffn.active_weights());
+      return 6.0 * active + 6.0 * static_cast<double>(cfg_.n_layers * t * cfg_.d_model);
+    }
+
+   private:
+    ModelConfig cfg_;
+    ParamRegistry registry_;
+    Tensor<T> params_, grads_;
+    Param<T> wte_, wpe_, head_;
+    std::vector<BlockImpl> blocks_;
+    typename Norm::template impl<T, B> final_norm_;
+    std::vector<Tensor<T>> res_;
+    Tensor<T> hf_, logits_, row_loss_, dlogits_, dh_;
+    Tensor<T> dres_[2];
+    const std::int32_t* ids_ = nullptr;
+    const std::int32_t* targets_ = nullptr;
+    std::int64_t b_ = 0, t_ = 0;
+  };
+};
+
+}  // namespace tmoe

@@ -1,0 +1,46 @@
+#pragma once
+// AdamW (Loshchilov & Hutter 2019) with decoupled weight decay, in PyTorch's order:
+//   θ ← θ (1 − lr·wd);  m ← β1 m + (1 − β1) g;  v ← β2 v + (1 − β2) g²
+//   θ ← θ − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)
+// State: two arrays (m, v) per parameter element. Weight decay is given per call, so the
+// trainer applies it by parameter group (no decay on norms, biases, embeddings).
+#include <cmath>
+#include <cstdint>
+
+#include "tmoe/core/concepts.hpp"
+#include "tmoe/core/threading.hpp"
+
+namespace tmoe {
+
+struct AdamW {
+  static constexpr const char* name = "adamw";
+  static constexpr int slots = 2;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+
+  // p, g, state[0] = m, state[1] = v: n elements; step counts from 1.
+  template <class T>
+  void update(T* p, const T* g, T** state, std::int64_t n, double lr, double wd, std::int64_t step) const {
+    T* m = state[0];
+    T* v = state[1];
+    const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+    const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+    const double step_size = lr / bc1, bc2_sqrt = std::sqrt(bc2), decay = 1.0 - lr * wd;
+    const double b1 = beta1, b2 = beta2, e = eps;
+    constexpr std::int64_t kChunk = 4096;
+    parallel_for((n + kChunk - 1) / kChunk, [&](std::int64_t blk) {
+      const std::int64_t i1 = std::min(n, (blk + 1) * kChunk);
+      for (std::int64_t i = blk * kChunk; i < i1; ++i) {
+        const double gi = g[i];
+        const double mi = b1 * m[i] + (1.0 - b1) * gi;
+        const double vi = b2 * v[i] + (1.0 - b2) * gi * gi;
+        m[i] = static_cast<T>(mi);
+        v[i] = static_cast<T>(vi);
+        const double pi = static_cast<double>(p[i]) * decay;
+        p[i] = static_cast<T>(pi - step_size * static_cast<double>(m[i]) / (std::sqrt(static_cast<double>(v[i])) / bc2_sqrt + e));
+      }
+    });
+  }
+};
+static_assert(Optimizer<AdamW>);
+
+}  // namespace tmoe
