@@ -102,10 +102,10 @@ inline TextCorpus load_text_corpus(const std::string& path, double val_fraction)
   if (ec) throw Error("corpus path cannot be accessed: " + ec.message(), path, "a readable file or folder");
 
   std::vector<fs::path> files;
+  std::size_t dat = 0, links = 0, folders = 0, other = 0, binary = 0;  // skipped entries
   if (fs::is_regular_file(status)) {
     files.push_back(path);
   } else if (fs::is_directory(status)) {
-    std::size_t dat = 0, links = 0, folders = 0, other = 0;
     fs::directory_iterator it(path, ec), end;
     if (ec) throw Error("folder cannot be listed: " + ec.message(), path, "a readable folder");
     for (; it != end; it.increment(ec)) {
@@ -119,10 +119,6 @@ inline TextCorpus load_text_corpus(const std::string& path, double val_fraction)
       else files.push_back(it->path());
     }
     if (ec) throw Error("folder cannot be listed: " + ec.message(), path, "a readable folder");
-    if (files.empty())
-      throw Error(::tmoe::detail::cat("folder has no usable text files (skipped ", dat, " *.dat, ", links,
-                                      " symlinks, ", folders, " subfolders, ", other, " other entries)"),
-                  path, "at least one regular text file that is not *.dat");
     std::sort(files.begin(), files.end(),
               [](const fs::path& a, const fs::path& b) { return a.filename().string() < b.filename().string(); });
   } else {
@@ -131,7 +127,6 @@ inline TextCorpus load_text_corpus(const std::string& path, double val_fraction)
 
   TextCorpus corpus;
   corpus.source = path;
-  std::size_t binary = 0;
   std::int64_t index = 0;
   auto append = [](std::vector<std::int32_t>& out, std::string_view s) {
     for (char c : s) out.push_back(static_cast<std::int32_t>(static_cast<unsigned char>(c)));
@@ -156,8 +151,9 @@ inline TextCorpus load_text_corpus(const std::string& path, double val_fraction)
     });
   }
   if (corpus.files == 0)
-    throw Error(::tmoe::detail::cat("folder has no usable text files (all ", binary,
-                                    " candidates contain NUL bytes, i.e. are binary)"),
+    throw Error(::tmoe::detail::cat("folder has no usable text files (skipped ", dat, " *.dat, ", links,
+                                    " symlinks, ", folders, " subfolders, ", binary, " binary (NUL bytes), ",
+                                    other, " other entries)"),
                 path, "at least one regular text file that is not *.dat");
   if (index == 0)
     throw Error(::tmoe::detail::cat("corpus has no non-blank records in its ", corpus.files, " text file(s)"), path,

@@ -1,0 +1,112 @@
+// Full training-step throughput (forward, backward, AdamW) of the reference MoE model, and
+// its model FLOP utilisation against the SGEMM peak measured in the same run.
+// Usage: bench_train_step [--threads N] [--steps S] [--warmup W] [key=value ...]
+//   key=value overrides model.* / train.* fields (e.g. model.d_model=128).
+// Prints one JSON line per thread setting (and a human-readable table).
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "tmoe/io/yaml_config.hpp"
+#include "tmoe/tmoe.hpp"
+
+using namespace tmoe;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+using Block = TransformerBlock<CausalAttention<Rope>, MoE<SwiGLU, TopK>>;
+using Model = DecoderLM<Block, RmsNorm>;
+using Train = Trainer<Model, AdamW, Fp32, Serial, backend::Cpu>;
+
+// GFLOP/s of a (m x k) x (k x n) float product through tmoe's GEMM (the kernel every layer
+// uses), best of several repetitions.
+double gemm_peak(std::int64_t m, std::int64_t n, std::int64_t k) {
+  std::vector<float> a(static_cast<std::size_t>(m * k), 0.5f), b(static_cast<std::size_t>(k * n), 0.25f),
+      c(static_cast<std::size_t>(m * n));
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = Clock::now();
+    backend::Cpu::gemm<float>(backend::cpu::Trans::kNo, backend::cpu::Trans::kNo, m, n, k, 1.f, a.data(), b.data(),
+                              0.f, c.data());
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    best = std::max(best, 2.0 * m * n * k / s / 1e9);
+  }
+  return best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int> thread_settings{1, 2};
+  std::int64_t steps = 5, warmup = 2;
+  std::vector<const char*> overrides{argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) thread_settings = {std::atoi(argv[++i])};
+    else if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) steps = std::atoll(argv[++i]);
+    else if (!std::strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = std::atoll(argv[++i]);
+    else overrides.push_back(argv[i]);
+  }
+  try {
+    Config cfg;
+    // The reference shape of the benchmark (issue 2): vocab 256, context 256, d_model 256,
+    // 4 layers, 8 heads, MoE in every layer with 8 SwiGLU experts of hidden 512, top-2, batch 8.
+    cfg.model.vocab_size = 256;
+    cfg.model.context = 256;
+    cfg.model.d_model = 256;
+    cfg.model.n_layers = 4;
+    cfg.model.n_heads = 8;
+    cfg.model.n_experts = 8;
+    cfg.model.top_k = 2;
+    cfg.model.d_expert = 512;
+    cfg.train.batch_size = 8;
+    cfg.train.seq_len = 256;
+    cfg.train.steps = 1000;
+    for (std::size_t i = 1; i < overrides.size(); ++i) io::apply_override(cfg, overrides[i]);
+    cfg.validate();
+    const std::int64_t b = cfg.train.batch_size, t = cfg.train.seq_len;
+
+    std::vector<std::int32_t> data(1 << 16);
+    for (std::size_t i = 0; i < data.size(); ++i)
+      data[i] = static_cast<std::int32_t>(RngKey{7, 0, 0, 0}.bits(i) % static_cast<std::uint32_t>(cfg.model.vocab_size));
+    BatchFn batches = [&](std::int64_t step, std::int32_t* in, std::int32_t* tg) {
+      for (std::int64_t r = 0; r < b; ++r) {
+        const std::int64_t start = (step * 977 + r * 4099) % static_cast<std::int64_t>(data.size() - t - 1);
+        for (std::int64_t j = 0; j < t; ++j) {
+          in[r * t + j] = data[start + j];
+          tg[r * t + j] = data[start + j + 1];
+        }
+      }
+    };
+
+    std::printf("# tmoe bench_train_step: vocab %lld ctx %lld d_model %lld layers %lld heads %lld experts %lld "
+                "top-%lld d_expert %lld batch %lld x %lld\n",
+                (long long)cfg.model.vocab_size, (long long)cfg.model.context, (long long)cfg.model.d_model,
+                (long long)cfg.model.n_layers, (long long)cfg.model.n_heads, (long long)cfg.model.n_experts,
+                (long long)cfg.model.top_k, (long long)cfg.model.d_expert, (long long)b, (long long)t);
+    for (int th : thread_settings) {
+      set_threads(th);
+      const double peak = gemm_peak(1024, 1024, 1024);
+      Train trainer(cfg);
+      for (std::int64_t i = 0; i < warmup; ++i) trainer.train_step(batches);
+      const auto t0 = Clock::now();
+      double loss = 0;
+      for (std::int64_t i = 0; i < steps; ++i) loss = trainer.train_step(batches).loss;
+      const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
+      const double tok_s = static_cast<double>(steps * b * t) / sec;
+      const double flops = trainer.model().flops_per_token(t);
+      const double mfu = tok_s * flops / (peak * 1e9);
+      std::printf("{\"impl\": \"tmoe\", \"threads\": %d, \"tokens_per_s\": %.1f, \"step_ms\": %.1f, "
+                  "\"model_gflop_per_token\": %.5f, \"achieved_gflops\": %.2f, \"sgemm_peak_gflops\": %.2f, "
+                  "\"mfu\": %.4f, \"loss\": %.4f}\n",
+                  th, tok_s, 1e3 * sec / static_cast<double>(steps), flops / 1e9, tok_s * flops / 1e9, peak, mfu,
+                  loss);
+      std::fflush(stdout);
+    }
+  } catch (const Error& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 2;
+  }
+}
