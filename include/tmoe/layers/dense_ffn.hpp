@@ -17,6 +17,7 @@ struct Dense {
   static_assert(Expert<ExpertP>, "tmoe: Dense<Expert>: the argument is not an Expert policy (see docs/concepts/expert.md)");
   static constexpr const char* name = "dense";
   static constexpr bool is_moe = false;
+  using expert_policy = ExpertP;
 
   template <class T, class B>
   struct impl {

@@ -14,6 +14,11 @@
 namespace tmoe::backend::cpu {
 
 struct AttentionOps {
+  // Queries are processed in blocks of kAttnBlock rows; block i only needs keys
+  // [0, (i+1)·kAttnBlock), so the causal upper triangle is never computed. Block shapes
+  // depend on T and the block index alone.
+  static constexpr std::int64_t kAttnBlock = 64;
+
   template <class T>
   static void attention_forward(const T* qkv, T* att, T* out, std::int64_t b, std::int64_t t, std::int64_t c,
                                 std::int64_t h) {
@@ -24,30 +29,36 @@ struct AttentionOps {
     parallel_for(b * h, [&](std::int64_t item) {
       const std::int64_t bi = item / h, hi = item % h;
       const T* base = qkv + bi * t * 3 * c;
-      auto Q = cmap(base + hi * hd, t, hd, 3 * c);
-      auto K = cmap(base + c + hi * hd, t, hd, 3 * c);
-      auto V = cmap(base + 2 * c + hi * hd, t, hd, 3 * c);
-      auto P = mmap(att + item * t * t, t, t, t);
-      P.noalias() = scale * (Q * K.transpose());
-      for (std::int64_t i = 0; i < t; ++i) {
-        T* row = &P(i, 0);
-        T mx = row[0];
-        for (std::int64_t j = 1; j <= i; ++j) mx = std::max(mx, row[j]);
-        double s = 0;
-        for (std::int64_t j = 0; j <= i; ++j) {
-          row[j] = std::exp(row[j] - mx);
-          s += row[j];
+      T* pbase = att + item * t * t;
+      for (std::int64_t r0 = 0; r0 < t; r0 += kAttnBlock) {
+        const std::int64_t rows = std::min(kAttnBlock, t - r0), keys = r0 + rows;
+        auto Q = cmap(base + r0 * 3 * c + hi * hd, rows, hd, 3 * c);
+        auto K = cmap(base + c + hi * hd, keys, hd, 3 * c);
+        auto V = cmap(base + 2 * c + hi * hd, keys, hd, 3 * c);
+        auto P = mmap(pbase + r0 * t, rows, keys, t);
+        P.noalias() = scale * (Q * K.transpose());
+        for (std::int64_t i = 0; i < rows; ++i) {
+          T* row = &P(i, 0);
+          const std::int64_t last = r0 + i;  // token r0+i sees keys 0..r0+i
+          T mx = row[0];
+          for (std::int64_t j = 1; j <= last; ++j) mx = std::max(mx, row[j]);
+          double s = 0;
+          for (std::int64_t j = 0; j <= last; ++j) {
+            row[j] = std::exp(row[j] - mx);
+            s += row[j];
+          }
+          const T inv = static_cast<T>(1.0 / s);
+          for (std::int64_t j = 0; j <= last; ++j) row[j] *= inv;
+          for (std::int64_t j = last + 1; j < t; ++j) row[j] = T(0);
         }
-        const T inv = static_cast<T>(1.0 / s);
-        for (std::int64_t j = 0; j <= i; ++j) row[j] *= inv;
-        for (std::int64_t j = i + 1; j < t; ++j) row[j] = T(0);
+        auto O = mmap(out + (bi * t + r0) * c + hi * hd, rows, hd, c);
+        O.noalias() = P * V;
       }
-      auto O = mmap(out + bi * t * c + hi * hd, t, hd, c);
-      O.noalias() = P * V;
     });
   }
 
-  // dqkv = ∂L/∂qkv (overwritten) from dout (B, T, C).
+  // dqkv = ∂L/∂qkv (overwritten) from dout (B, T, C). dK and dV sum the query blocks'
+  // contributions in block order.
   template <class T>
   static void attention_backward(const T* dout, const T* qkv, const T* att, T* dqkv, std::int64_t b, std::int64_t t,
                                  std::int64_t c, std::int64_t h) {
@@ -60,24 +71,31 @@ struct AttentionOps {
       const std::int64_t bi = item / h, hi = item % h;
       const T* base = qkv + bi * t * 3 * c;
       T* dbase = dqkv + bi * t * 3 * c;
-      auto Q = cmap(base + hi * hd, t, hd, 3 * c);
-      auto K = cmap(base + c + hi * hd, t, hd, 3 * c);
-      auto V = cmap(base + 2 * c + hi * hd, t, hd, 3 * c);
-      auto P = cmap(att + item * t * t, t, t, t);
-      auto dO = cmap(dout + bi * t * c + hi * hd, t, hd, c);
-      auto dQ = mmap(dbase + hi * hd, t, hd, 3 * c);
-      auto dK = mmap(dbase + c + hi * hd, t, hd, 3 * c);
-      auto dV = mmap(dbase + 2 * c + hi * hd, t, hd, 3 * c);
-      dV.noalias() = P.transpose() * dO;
-      Mat dS = dO * V.transpose();  // dP, turned into dS in place
-      for (std::int64_t i = 0; i < t; ++i) {
-        double dot = 0;
-        for (std::int64_t j = 0; j <= i; ++j) dot += static_cast<double>(dS(i, j)) * P(i, j);
-        for (std::int64_t j = 0; j <= i; ++j) dS(i, j) = P(i, j) * (dS(i, j) - static_cast<T>(dot)) * scale;
-        for (std::int64_t j = i + 1; j < t; ++j) dS(i, j) = T(0);
+      mmap(dbase + c + hi * hd, t, hd, 3 * c).setZero();
+      mmap(dbase + 2 * c + hi * hd, t, hd, 3 * c).setZero();
+      Mat dS;
+      for (std::int64_t r0 = 0; r0 < t; r0 += kAttnBlock) {
+        const std::int64_t rows = std::min(kAttnBlock, t - r0), keys = r0 + rows;
+        auto Q = cmap(base + r0 * 3 * c + hi * hd, rows, hd, 3 * c);
+        auto K = cmap(base + c + hi * hd, keys, hd, 3 * c);
+        auto V = cmap(base + 2 * c + hi * hd, keys, hd, 3 * c);
+        auto P = cmap(att + item * t * t + r0 * t, rows, keys, t);
+        auto dO = cmap(dout + (bi * t + r0) * c + hi * hd, rows, hd, c);
+        auto dQ = mmap(dbase + r0 * 3 * c + hi * hd, rows, hd, 3 * c);
+        auto dK = mmap(dbase + c + hi * hd, keys, hd, 3 * c);
+        auto dV = mmap(dbase + 2 * c + hi * hd, keys, hd, 3 * c);
+        dV.noalias() += P.transpose() * dO;
+        dS.noalias() = dO * V.transpose();  // dP, turned into dS in place
+        for (std::int64_t i = 0; i < rows; ++i) {
+          const std::int64_t last = r0 + i;
+          double dot = 0;
+          for (std::int64_t j = 0; j <= last; ++j) dot += static_cast<double>(dS(i, j)) * P(i, j);
+          for (std::int64_t j = 0; j <= last; ++j) dS(i, j) = P(i, j) * (dS(i, j) - static_cast<T>(dot)) * scale;
+          for (std::int64_t j = last + 1; j < keys; ++j) dS(i, j) = T(0);
+        }
+        dQ.noalias() = dS * K;
+        dK.noalias() += dS.transpose() * Q;
       }
-      dQ.noalias() = dS * K;
-      dK.noalias() = dS.transpose() * Q;
     });
   }
 
