@@ -6,6 +6,7 @@
 // Loss = mean cross-entropy over tokens + Σ_layers (aux_w · aux + z_w · z)  (conventions.md).
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -46,9 +47,14 @@ struct DecoderLM {
       if constexpr (positions::learned)
         wpe_.index = registry_.add("pos_embed.weight", Shape{cfg.context, c}, kTagPosition, Init::kNormal, cfg.init_std);
       blocks_.resize(static_cast<std::size_t>(cfg.n_layers));
-      for (std::int64_t l = 0; l < cfg.n_layers; ++l)
+      block_first_.resize(static_cast<std::size_t>(cfg.n_layers + 1));
+      for (std::int64_t l = 0; l < cfg.n_layers; ++l) {
+        block_first_[static_cast<std::size_t>(l)] = registry_.size();
         blocks_[static_cast<std::size_t>(l)].declare(registry_, "layers." + std::to_string(l), cfg);
+      }
+      block_first_.back() = registry_.size();
       final_norm_.declare(registry_, "final_norm", c, cfg.norm_eps);
+      final_norm_end_ = registry_.size();
       if (!cfg.tie_embeddings)
         head_.index = registry_.add("head.weight", Shape{v, c}, kTagHead, Init::kNormal, cfg.init_std);
       params_.resize(Shape{registry_.total()});
@@ -77,6 +83,14 @@ struct DecoderLM {
       }
     }
     void zero_grad() { grads_.zero(); }
+
+    // The gradient-ready hook: backward calls it with a range [first, last) of registry
+    // indices as soon as those parameters' gradients are final for this backward pass, in
+    // the order backward finishes them (head, final norm, blocks from last to first, then
+    // the embeddings). A data-parallel strategy starts reducing that bucket while the rest
+    // of backward runs. Every parameter is announced exactly once per backward.
+    using GradReadyHook = std::function<void(int first, int last)>;
+    void set_grad_ready_hook(GradReadyHook hook) { grad_ready_ = std::move(hook); }
 
     // ids, targets: (B, T) token ids; targets may be null (logits only). Returns the loss.
     LossParts forward(const std::int32_t* ids, const std::int32_t* targets, std::int64_t b, std::int64_t t) {
@@ -128,13 +142,17 @@ struct DecoderLM {
       T* hg = head_ ? head_.g : wte_.g;
       B::gemm(B::Trans::kNo, B::Trans::kNo, n, c, v, T(1), dlogits_.data(), hw, T(0), dh_.data());
       B::gemm(B::Trans::kYes, B::Trans::kNo, v, c, n, T(1), dlogits_.data(), hf_.data(), T(1), hg);
+      if (head_) ready(head_.index, head_.index + 1);
       final_norm_.backward(dh_.data(), dres_[0].data(), n, false);
+      ready(block_first_.back(), final_norm_end_);
       int cur = 0;
       for (std::size_t l = blocks_.size(); l-- > 0;) {
         blocks_[l].backward(dres_[cur].data(), dres_[1 - cur].data(), grad_scale);
+        ready(block_first_[l], block_first_[l + 1]);
         cur = 1 - cur;
       }
       B::embedding_backward(ids_, dres_[cur].data(), wte_.g, wpe_ ? wpe_.g : static_cast<T*>(nullptr), n, t_, c);
+      ready(0, block_first_[0]);
     }
 
     const ModelConfig& config() const { return cfg_; }
@@ -160,6 +178,10 @@ struct DecoderLM {
     }
 
    private:
+    void ready(int first, int last) {
+      if (grad_ready_ && last > first) grad_ready_(first, last);
+    }
+
     ModelConfig cfg_;
     ParamRegistry registry_;
     Tensor<T> params_, grads_;
@@ -172,6 +194,9 @@ struct DecoderLM {
     const std::int32_t* ids_ = nullptr;
     const std::int32_t* targets_ = nullptr;
     std::int64_t b_ = 0, t_ = 0;
+    std::vector<int> block_first_;  // registry index of each block's first parameter (+ end)
+    int final_norm_end_ = 0;
+    GradReadyHook grad_ready_;
   };
 };
 

@@ -81,12 +81,15 @@ class Tensor {
     }
     zero();
   }
-  // Sets the shape, reallocating only when it grows; contents are left as they are (for
-  // scratch buffers that are fully overwritten).
+  // Sets the shape for a scratch buffer that is fully overwritten: contents are not kept
+  // or zeroed, and capacity grows geometrically, so buffers whose size varies from step
+  // to step (an expert's token slice) stop reallocating after a few steps.
   void ensure(Shape s) {
-    if (s.numel() > capacity_) {
-      resize(s);
-      return;
+    const std::int64_t n = s.numel();
+    if (n > capacity_) {
+      const std::int64_t cap = std::max(n, capacity_ + capacity_ / 2);
+      data_.reset(static_cast<T*>(::operator new(sizeof(T) * static_cast<std::size_t>(cap), std::align_val_t{64})));
+      capacity_ = cap;
     }
     shape_ = s;
   }

@@ -63,6 +63,12 @@ class Trainer {
     opt_.eps = cfg.train.adam_eps;
     for (auto& s : state_) s.resize(Shape{model_.registry().total()});
     model_.init(cfg.train.seed);
+    // The gradient-ready seam: a strategy that overlaps its gradient reduction with
+    // backward provides grads_ready(registry, grads, first, last).
+    if constexpr (requires(Parallel& s, const ParamRegistry& r, T* g) { s.grads_ready(r, g, 0, 0); })
+      model_.set_grad_ready_hook([this](int first, int last) {
+        parallel_.grads_ready(model_.registry(), model_.grads(), first, last);
+      });
     const std::int64_t n = cfg.train.batch_size * cfg.train.seq_len;
     inputs_.resize(Shape{n});
     targets_.resize(Shape{n});
