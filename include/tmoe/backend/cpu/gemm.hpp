@@ -136,7 +136,6 @@ struct GemmOps {
       const auto p = static_cast<std::size_t>(std::upper_bound(start.begin(), start.end(), item) - start.begin() - 1);
       detail::run_item(problems[p], item - start[p]);
     });
-    // Products whose C is empty-k still need their beta applied (k == 0 rows of tokens).
   }
 
   template <class T>
