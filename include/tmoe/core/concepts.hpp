@@ -7,6 +7,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "tmoe/core/config.hpp"
 #include "tmoe/core/registry.hpp"
 
 namespace tmoe {
@@ -61,14 +62,44 @@ concept Expert = Named<E> && requires {
   { E::template impl<double, detail::NoBackend>::weights(std::declval<const ExpertShape&>()) } -> std::convertible_to<std::int64_t>;
 };
 
-// An optimizer: an update rule with `slots` state arrays per parameter element.
+// An optimizer: an update rule with `slots` state arrays per parameter element, built from
+// the training config (its hyperparameters are run-time numbers).
 template <class O>
 concept Optimizer = Named<O> && requires(const O& o, double* p, const double* g, double** state, float* pf,
-                                         const float* gf, float** statef) {
+                                         const float* gf, float** statef, const TrainConfig& tc) {
   { O::slots } -> std::convertible_to<int>;
+  { O::from_config(tc) } -> std::same_as<O>;
   o.update(p, g, state, std::int64_t{}, 0.0, 0.0, std::int64_t{});
   o.update(pf, gf, statef, std::int64_t{}, 0.0, 0.0, std::int64_t{});
 };
+
+// A normalisation layer over the last dimension.
+template <class N>
+concept NormPolicy = Named<N> && requires { typename N::template impl<double, detail::NoBackend>; };
+
+// An attention policy: a layer over (B, T, C) with a position policy (`positions::learned`
+// says whether the embedding carries a position table).
+template <class A>
+concept AttentionPolicy = Named<A> && requires {
+  typename A::positions;
+  { A::positions::learned } -> std::convertible_to<bool>;
+  typename A::template impl<double, detail::NoBackend>;
+};
+
+// The feed-forward part of a block: Dense<Expert> or MoE<Expert, Router>.
+template <class F>
+concept FfnPolicy = Named<F> && requires {
+  { F::is_moe } -> std::convertible_to<bool>;
+  typename F::expert_policy;
+  typename F::template impl<double, detail::NoBackend>;
+};
+
+// A transformer block: attention + feed-forward, its layer parameterised by the norm.
+template <class Blk>
+concept BlockPolicy = Named<Blk> && requires {
+  typename Blk::attention;
+  typename Blk::ffn_policy;
+} && AttentionPolicy<typename Blk::attention> && FfnPolicy<typename Blk::ffn_policy>;
 
 // A parallel strategy: the process layout, gradient reduction and the reductions of
 // metrics. `Serial` is one process.

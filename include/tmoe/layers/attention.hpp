@@ -91,3 +91,7 @@ struct CausalAttention {
 };
 
 }  // namespace tmoe
+
+#include "tmoe/core/concepts.hpp"
+static_assert(tmoe::AttentionPolicy<tmoe::CausalAttention<tmoe::Rope>>);
+static_assert(tmoe::AttentionPolicy<tmoe::CausalAttention<tmoe::LearnedPositions>>);

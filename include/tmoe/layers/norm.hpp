@@ -70,3 +70,7 @@ struct LayerNorm {
 };
 
 }  // namespace tmoe
+
+#include "tmoe/core/concepts.hpp"
+static_assert(tmoe::NormPolicy<tmoe::RmsNorm>);
+static_assert(tmoe::NormPolicy<tmoe::LayerNorm>);

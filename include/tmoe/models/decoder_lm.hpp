@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
 #include "tmoe/core/error.hpp"
 #include "tmoe/core/philox.hpp"
@@ -28,6 +29,10 @@ struct LossParts {
 
 template <class Block, class Norm = RmsNorm>
 struct DecoderLM {
+  static_assert(BlockPolicy<Block>, "tmoe: DecoderLM<Block, Norm>: the first argument is not a block policy such as "
+                                    "TransformerBlock<CausalAttention<Rope>, MoE<SwiGLU, TopK>> (see docs/concepts/model.md)");
+  static_assert(NormPolicy<Norm>, "tmoe: DecoderLM<Block, Norm>: the second argument is not a norm policy such as "
+                                  "RmsNorm or LayerNorm (see docs/concepts/norm.md)");
   static constexpr const char* name = "decoder_lm";
   using block_policy = Block;
   using norm_policy = Norm;

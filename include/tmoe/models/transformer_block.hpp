@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
 #include "tmoe/tensor/tensor.hpp"
 
@@ -11,6 +12,10 @@ namespace tmoe {
 
 template <class Attn, class Ffn>
 struct TransformerBlock {
+  static_assert(AttentionPolicy<Attn>, "tmoe: TransformerBlock<Attention, Ffn>: the first argument is not an attention "
+                                       "policy such as CausalAttention<Rope> (see docs/concepts/attention.md)");
+  static_assert(FfnPolicy<Ffn>, "tmoe: TransformerBlock<Attention, Ffn>: the second argument is not a feed-forward "
+                                "policy such as Dense<SwiGLU> or MoE<SwiGLU, TopK> (see docs/concepts/ffn.md)");
   static constexpr const char* name = "transformer_block";
   using attention = Attn;
   using ffn_policy = Ffn;

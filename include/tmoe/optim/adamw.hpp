@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "tmoe/core/concepts.hpp"
+#include "tmoe/core/config.hpp"
 #include "tmoe/core/threading.hpp"
 
 namespace tmoe {
@@ -16,6 +17,8 @@ struct AdamW {
   static constexpr const char* name = "adamw";
   static constexpr int slots = 2;
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+
+  static AdamW from_config(const TrainConfig& t) { return AdamW{t.beta1, t.beta2, t.adam_eps}; }
 
   // p, g, state[0] = m, state[1] = v: n elements; step counts from 1.
   template <class T>

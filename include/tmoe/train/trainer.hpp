@@ -3,6 +3,8 @@
 // One optimizer step = the strategy's micro-batch schedule (plain accumulation for Serial)
 // -> gradient reduction -> global-norm clip -> learning rate -> update by parameter group.
 // Everything a restart needs is listed in one place: `restartable_state()`.
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -49,7 +51,8 @@ class Trainer {
                                             "PrecisionPolicy (see docs/concepts/precision.md)");
   static_assert(ParallelStrategy<Parallel>, "tmoe: Trainer<..., Parallel, ...>: the fourth argument is not a "
                                             "ParallelStrategy (see docs/concepts/parallel.md)");
-  static_assert(Backend<BackendP>, "tmoe: Trainer<..., Backend>: the last argument is not a Backend");
+  static_assert(Backend<BackendP>, "tmoe: Trainer<..., Backend>: the last argument is not a Backend (see "
+                                   "docs/concepts/backend.md)");
   static_assert(!Precision::loss_scaling, "tmoe: loss-scaled precision policies arrive with the precision issue");
 
  public:
@@ -58,9 +61,7 @@ class Trainer {
 
   explicit Trainer(const Config& cfg, Parallel parallel = {})
       : cfg_(cfg), parallel_(parallel), model_((cfg.validate(), cfg.model)), schedule_(cfg.train) {
-    opt_.beta1 = cfg.train.beta1;
-    opt_.beta2 = cfg.train.beta2;
-    opt_.eps = cfg.train.adam_eps;
+    opt_ = Opt::from_config(cfg.train);
     for (auto& s : state_) s.resize(Shape{model_.registry().total()});
     model_.init(cfg.train.seed);
     // The gradient-ready seam: a strategy that overlaps its gradient reduction with
@@ -116,9 +117,9 @@ class Trainer {
     T* p = model_.params();
     ++step_;
     for (const ParamInfo& pi : model_.registry().params()) {
-      T* st_ptrs[Opt::slots];
+      std::array<T*, std::max(1, Opt::slots)> st_ptrs{};
       for (int s = 0; s < Opt::slots; ++s) st_ptrs[s] = state_[s].data() + pi.offset;
-      opt_.update(p + pi.offset, g + pi.offset, st_ptrs, pi.numel(), st.lr, decays(pi) ? tc.weight_decay : 0.0, step_);
+      opt_.update(p + pi.offset, g + pi.offset, st_ptrs.data(), pi.numel(), st.lr, decays(pi) ? tc.weight_decay : 0.0, step_);
     }
     return st;
   }
@@ -188,7 +189,7 @@ class Trainer {
   ModelImpl model_;
   Opt opt_;
   WarmupCosine schedule_;
-  Tensor<T> state_[Opt::slots];
+  Tensor<T> state_[std::max(1, Opt::slots)];
   Tensor<std::int32_t> inputs_, targets_;
   std::int64_t step_ = 0;
 };

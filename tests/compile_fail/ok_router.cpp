@@ -1,0 +1,10 @@
+// Control for not_a_router.cpp: the same file with TopK as the router. It must compile, which
+// shows that the compile-fail harness (compiler, flags, include paths) works and that
+// not_a_router.cpp fails because of its router alone.
+#include <tmoe/tmoe.hpp>
+
+struct NotARouter {
+  static constexpr const char* name = "not_a_router";
+};
+
+template struct tmoe::MoE<tmoe::SwiGLU, tmoe::TopK>;
