@@ -1,7 +1,7 @@
 #pragma once
-// Shared by test_instantiate_policies*.cpp: the lists of shipped policies per role, the
-// requirements of the roles concepts.hpp does not name yet, and one tiny run of a
-// combination. The supported combinations are the Cartesian product
+// Shared by test_instantiate_policies*.cpp (through instantiate_policies.hpp): the lists of
+// shipped policies per role, the requirements of the roles concepts.hpp does not name yet,
+// and one tiny run of a combination. The supported combinations are the Cartesian product
 //   Experts x Positions x Norms x FfnKinds x Precisions
 // (all 32 are supported today); the test files split it by precision so that no
 // translation unit takes more than about a minute (STYLE.md, compile times).
@@ -114,50 +114,38 @@ static_assert(mp::mp_size<CombosOf<Precisions>>::value == 32);
 template <class L>
 using Identities = mp::mp_transform<mp::mp_identity, L>;
 
+// Calls check(mp_identity<M>{}) for every member M of L; returns how many were checked.
+template <class L, class F>
+int check_each(F&& check) {
+  int checked = 0;
+  mp::mp_for_each<Identities<L>>([&](auto id) {
+    check(id);
+    ++checked;
+  });
+  return checked;
+}
+
 // Checks every member of every role list, and the attention, ffn and model of each
 // combination in Combos; returns how many types were checked.
 template <class Combos>
 int check_roles() {
   int checked = 0;
-  mp::mp_for_each<Identities<Backends>>([&](auto id) {
-    static_assert(Backend<typename decltype(id)::type>);
-    ++checked;
-  });
-  mp::mp_for_each<Identities<Precisions>>([&](auto id) {
-    static_assert(PrecisionPolicy<typename decltype(id)::type>);
-    ++checked;
-  });
-  mp::mp_for_each<Identities<Positions>>([&](auto id) {
-    static_assert(PositionsRole<typename decltype(id)::type>);
-    ++checked;
-  });
-  mp::mp_for_each<Identities<Norms>>([&](auto id) {
+  checked += check_each<Backends>([](auto id) { static_assert(Backend<typename decltype(id)::type>); });
+  checked += check_each<Precisions>([](auto id) { static_assert(PrecisionPolicy<typename decltype(id)::type>); });
+  checked += check_each<Positions>([](auto id) { static_assert(PositionsRole<typename decltype(id)::type>); });
+  checked += check_each<Norms>([](auto id) {
     static_assert(NormRole<typename decltype(id)::type, float> && NormRole<typename decltype(id)::type, double>);
-    ++checked;
   });
-  mp::mp_for_each<Identities<Experts>>([&](auto id) {
-    static_assert(Expert<typename decltype(id)::type>);
-    ++checked;
-  });
-  mp::mp_for_each<Identities<Routers>>([&](auto id) {
-    static_assert(Router<typename decltype(id)::type>);
-    ++checked;
-  });
-  mp::mp_for_each<Identities<Optimizers>>([&](auto id) {
-    static_assert(Optimizer<typename decltype(id)::type>);
-    ++checked;
-  });
-  mp::mp_for_each<Identities<Strategies>>([&](auto id) {
-    static_assert(ParallelStrategy<typename decltype(id)::type>);
-    ++checked;
-  });
-  mp::mp_for_each<Identities<Combos>>([&](auto id) {
+  checked += check_each<Experts>([](auto id) { static_assert(Expert<typename decltype(id)::type>); });
+  checked += check_each<Routers>([](auto id) { static_assert(Router<typename decltype(id)::type>); });
+  checked += check_each<Optimizers>([](auto id) { static_assert(Optimizer<typename decltype(id)::type>); });
+  checked += check_each<Strategies>([](auto id) { static_assert(ParallelStrategy<typename decltype(id)::type>); });
+  checked += check_each<Combos>([](auto id) {
     using C = typename decltype(id)::type;
     using T = typename C::precision::compute;
     static_assert(AttentionRole<typename C::attention, T>);
     static_assert(FfnRole<typename C::ffn, T>);
     static_assert(ModelRole<typename C::model, T>);
-    ++checked;
   });
   return checked;
 }
@@ -194,13 +182,7 @@ Outcome run(const Config& cfg) {
   using T = typename C::precision::compute;
   static_assert(std::is_same_v<typename C::trainer::T, T>);
   const std::int64_t v = cfg.model.vocab_size, n = cfg.train.batch_size * cfg.train.seq_len;
-  const BatchFn batches = [&](std::int64_t i, std::int32_t* in, std::int32_t* tg) {
-    const auto toks = random_tokens(n + 1, v, static_cast<unsigned>(100 + i));
-    for (std::int64_t j = 0; j < n; ++j) {
-      in[j] = toks[static_cast<std::size_t>(j)];
-      tg[j] = toks[static_cast<std::size_t>(j + 1)];
-    }
-  };
+  const BatchFn batches = random_batches(n, v);
   Outcome o;
   o.combo = std::string(C::expert::name) + "/" + C::positions::name + "/" + C::norm::name + "/" + C::ffn::name + "/" +
             C::precision::name;

@@ -22,13 +22,8 @@ std::vector<double> attention_ref(const ParamRegistry& r, const std::vector<doub
   };
   const double *wq = w(".qkv.weight"), *bq = w(".qkv.bias"), *wo = w(".out.weight"), *bo = w(".out.bias");
   const std::int64_t n = b * t, hd = c / h;
-  std::vector<double> qkv(n * 3 * c), y(n * c), out(n * c);
-  for (std::int64_t i = 0; i < n; ++i)
-    for (std::int64_t o = 0; o < 3 * c; ++o) {
-      double s = bq ? bq[o] : 0.0;
-      for (std::int64_t j = 0; j < c; ++j) s += x[i * c + j] * wq[o * c + j];
-      qkv[i * 3 * c + o] = s;
-    }
+  std::vector<double> qkv = linear_ref(x, wq, bq, n, c, 3 * c);
+  std::vector<double> y(n * c);
   if (rope)
     for (std::int64_t i = 0; i < n; ++i)
       for (std::int64_t part = 0; part < 2; ++part)
@@ -60,13 +55,7 @@ std::vector<double> attention_ref(const ParamRegistry& r, const std::vector<doub
           y[(bi * t + i) * c + hi * hd + e] = o;
         }
       }
-  for (std::int64_t i = 0; i < n; ++i)
-    for (std::int64_t o = 0; o < c; ++o) {
-      double s = bo ? bo[o] : 0.0;
-      for (std::int64_t j = 0; j < c; ++j) s += y[i * c + j] * wo[o * c + j];
-      out[i * c + o] = s;
-    }
-  return out;
+  return linear_ref(y.data(), wo, bo, n, c, c);
 }
 
 template <class Pos>
@@ -84,8 +73,7 @@ void check_attention(const char* what, bool bias, std::int64_t b, std::int64_t t
   attn.forward(x.data(), y.data(), b, t);
   const auto ref = attention_ref(buf.reg, buf.p, "layers.0.attn", x.data(), b, t, c, cfg.n_heads, Pos::rotary,
                                  cfg.rope_base);
-  double e = 0;
-  for (std::int64_t i = 0; i < n * c; ++i) e = std::max(e, std::abs(y[i] - ref[i]));
+  const double e = max_abs_diff(y, ref);
   BOOST_TEST(e <= 1e-12, what << ": forward differs from the reference by " << e);
   run_layer(
       what, buf.reg, buf.p, buf.g, n * c, n * c,
@@ -121,8 +109,7 @@ BOOST_AUTO_TEST_CASE(attention_reshapes_between_calls) {
     std::vector<double> y(b * t * c);
     attn.forward(x.data(), y.data(), b, t);
     const auto ref = attention_ref(buf.reg, buf.p, "attn", x.data(), b, t, c, cfg.n_heads, true, cfg.rope_base);
-    double e = 0;
-    for (std::int64_t i = 0; i < b * t * c; ++i) e = std::max(e, std::abs(y[i] - ref[i]));
+    const double e = max_abs_diff(y, ref);
     BOOST_TEST(e <= 1e-12, "(" << b << ", " << t << "): " << e);
   }
 }

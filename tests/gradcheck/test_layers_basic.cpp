@@ -16,25 +16,6 @@ const double* param(const ParamRegistry& r, const std::vector<double>& p, const 
   return p.data() + pi->offset;
 }
 
-// y (n, out) = x Wᵀ + b
-std::vector<double> linear_ref(const double* x, const double* w, const double* b, std::int64_t n, std::int64_t in,
-                               std::int64_t out) {
-  std::vector<double> y(n * out);
-  for (std::int64_t i = 0; i < n; ++i)
-    for (std::int64_t o = 0; o < out; ++o) {
-      double s = b ? b[o] : 0.0;
-      for (std::int64_t j = 0; j < in; ++j) s += x[i * in + j] * w[o * in + j];
-      y[i * out + o] = s;
-    }
-  return y;
-}
-
-double max_diff(const double* a, const std::vector<double>& b) {
-  double e = 0;
-  for (std::size_t i = 0; i < b.size(); ++i) e = std::max(e, std::abs(a[i] - b[i]));
-  return e;
-}
-
 // FFN references from the parameters in the registry: SwiGLU (silu(x W1ᵀ) ⊙ x W3ᵀ) W2ᵀ and
 // GELU gelu(x W1ᵀ + b1) W2ᵀ + b2.
 std::vector<double> ffn_ref(bool swiglu, bool exact, const ParamRegistry& r, const std::vector<double>& p,
@@ -76,7 +57,7 @@ BOOST_AUTO_TEST_CASE(linear_with_and_without_bias) {
     std::vector<double> y(n * out);
     fwd(x.data(), y.data());
     const auto ref = linear_ref(x.data(), lin.weight.w, bias ? lin.bias.w : nullptr, n, in, out);
-    BOOST_TEST(max_diff(y.data(), ref) <= 1e-12);
+    BOOST_TEST(max_abs_diff(y.data(), ref) <= 1e-12);
     run_layer(bias ? "Linear with bias" : "Linear without bias", b.reg, b.p, b.g, n * in, n * out, fwd, bwd,
               [] { return 0.0; });
   }
@@ -101,27 +82,22 @@ BOOST_AUTO_TEST_CASE(linear_without_dx) {
     }
 }
 
-BOOST_AUTO_TEST_CASE(rmsnorm_layer) {
+namespace {
+template <class Norm>
+void check_norm(const char* what, unsigned seed) {
   const std::int64_t n = 10, c = 32;
   Buffers b;
-  RmsNorm::impl<double, Cpu> nm;
+  typename Norm::template impl<double, Cpu> nm;
   nm.declare(b.reg, "norm", c, 1e-5);
-  b.bind(nm, 3);
+  b.bind(nm, seed);
   run_layer(
-      "RmsNorm", b.reg, b.p, b.g, n * c, n * c, [&](const double* x, double* y) { nm.forward(x, y, n); },
+      what, b.reg, b.p, b.g, n * c, n * c, [&](const double* x, double* y) { nm.forward(x, y, n); },
       [&](const double* dy, double* dx, bool acc) { nm.backward(dy, dx, n, acc); }, [] { return 0.0; });
 }
+}  // namespace
 
-BOOST_AUTO_TEST_CASE(layernorm_layer) {
-  const std::int64_t n = 10, c = 32;
-  Buffers b;
-  LayerNorm::impl<double, Cpu> nm;
-  nm.declare(b.reg, "norm", c, 1e-5);
-  b.bind(nm, 4);
-  run_layer(
-      "LayerNorm", b.reg, b.p, b.g, n * c, n * c, [&](const double* x, double* y) { nm.forward(x, y, n); },
-      [&](const double* dy, double* dx, bool acc) { nm.backward(dy, dx, n, acc); }, [] { return 0.0; });
-}
+BOOST_AUTO_TEST_CASE(rmsnorm_layer) { check_norm<RmsNorm>("RmsNorm", 3); }
+BOOST_AUTO_TEST_CASE(layernorm_layer) { check_norm<LayerNorm>("LayerNorm", 4); }
 
 namespace {
 template <class E>
@@ -135,7 +111,7 @@ void check_expert(const char* what, bool bias, bool exact, unsigned seed) {
   std::vector<double> y(n * c);
   ffn.forward(x.data(), y.data(), n);
   const auto ref = ffn_ref(std::is_same_v<E, SwiGLU>, exact, b.reg, b.p, "ffn", x.data(), n, c, h, bias);
-  BOOST_TEST(max_diff(y.data(), ref) <= 1e-12, what << ": forward differs from the reference by " << max_diff(y.data(), ref));
+  BOOST_TEST(max_abs_diff(y.data(), ref) <= 1e-12, what << ": forward differs from the reference by " << max_abs_diff(y.data(), ref));
   run_layer(
       what, b.reg, b.p, b.g, n * c, n * c, [&](const double* xx, double* yy) { ffn.forward(xx, yy, n); },
       [&](const double* dy, double* dx, bool acc) { ffn.backward(dy, dx, acc); }, [] { return 0.0; });
@@ -169,7 +145,7 @@ void check_dense(const char* what, bool bias, bool exact, unsigned seed) {
   ffn.forward(x.data(), y.data(), n);
   const auto ref =
       ffn_ref(swiglu, exact, b.reg, b.p, "layers.0.ffn", x.data(), n, c, cfg.d_ff, bias);
-  BOOST_TEST(max_diff(y.data(), ref) <= 1e-12);
+  BOOST_TEST(max_abs_diff(y.data(), ref) <= 1e-12);
   BOOST_TEST(ffn.loss() == 0.0);
   run_layer(
       what, b.reg, b.p, b.g, n * c, n * c, [&](const double* xx, double* yy) { ffn.forward(xx, yy, n); },

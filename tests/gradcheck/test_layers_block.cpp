@@ -59,8 +59,7 @@ void check_block(const char* what, const ModelConfig& cfg, std::int64_t b, std::
     ffn.forward(a.data(), f.data(), n);
     for (std::int64_t i = 0; i < n * c; ++i) ref[i] = h[i] + f[i];
     blk.forward(x.data(), y.data(), b, t);
-    double e = 0;
-    for (std::int64_t i = 0; i < n * c; ++i) e = std::max(e, std::abs(y[i] - ref[i]));
+    const double e = max_abs_diff(y, ref);
     BOOST_TEST(e == 0.0, what << ": block forward differs from its composition by " << e);
     BOOST_TEST(blk.loss() == ffn.loss());
     if (Ffn::is_moe) BOOST_TEST(blk.loss() > 0.0);

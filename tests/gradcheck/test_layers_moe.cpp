@@ -106,8 +106,7 @@ Summary check_moe(const char* what, const ModelConfig& cfg, unsigned seed, Prep 
   const auto ref = moe_ref(swiglu, cfg.gelu_exact, buf.reg, buf.p, "layers.0.moe", x, cfg, n);
   if (compare_reference) {
     BOOST_TEST((std::vector<std::int32_t>(moe.ids.data(), moe.ids.data() + n * k) == ref.ids), what << ": routing");
-    double e = 0;
-    for (std::int64_t i = 0; i < n * c; ++i) e = std::max(e, std::abs(y[i] - ref.out[i]));
+    const double e = max_abs_diff(y, ref.out);
     BOOST_TEST(e <= 1e-12, what << ": forward differs from the reference by " << e);
     BOOST_TEST(std::abs(moe.aux - ref.aux) <= 1e-13 * ref.aux, what << ": aux " << moe.aux << " ref " << ref.aux);
     BOOST_TEST(std::abs(moe.z - ref.z) <= 1e-13 * ref.z, what << ": z " << moe.z << " ref " << ref.z);

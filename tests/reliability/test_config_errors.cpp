@@ -2,12 +2,12 @@
 #include <boost/test/unit_test.hpp>
 
 #include <filesystem>
-#include <fstream>
-#include <functional>
 #include <string>
 #include <unistd.h>
 #include <vector>
 
+#include "../support/expect_error.hpp"
+#include "../support/files.hpp"
 #include "tmoe/io/yaml_config.hpp"
 
 // Every bad config input must end in a tmoe::Error whose message names the place (file
@@ -16,48 +16,10 @@
 
 namespace fs = std::filesystem;
 using tmoe::Config;
+using tmoe::test::expect_error;
+using tmoe::test::TempDir;
 
 namespace {
-
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() /
-          ("tmoe_test_config_errors_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string write(const std::string& name, const std::string& text) const {
-    const fs::path p = dir / name;
-    std::ofstream(p, std::ios::binary) << text;
-    return p.string();
-  }
-};
-
-// Runs f, which must throw tmoe::Error with every `present` substring in its message and
-// none of the `absent` ones; a mismatch is reported with the whole message.
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& present,
-                  const std::vector<std::string>& absent = {}) {
-  BOOST_CHECK_EXCEPTION(f(), tmoe::Error, [&](const tmoe::Error& e) {
-    const std::string msg = e.what();
-    bool ok = true;
-    for (const auto& p : present)
-      if (msg.find(p) == std::string::npos) {
-        BOOST_ERROR("message \"" << msg << "\" lacks \"" << p << "\"");
-        ok = false;
-      }
-    for (const auto& a : absent)
-      if (msg.find(a) != std::string::npos) {
-        BOOST_ERROR("message \"" << msg << "\" should not contain \"" << a << "\"");
-        ok = false;
-      }
-    return ok;
-  });
-}
 
 Config load_args(const std::vector<const char*>& argv) {
   return tmoe::io::load_config(static_cast<int>(argv.size()), argv.data());

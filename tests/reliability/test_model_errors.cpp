@@ -2,25 +2,12 @@
 #include <boost/test/unit_test.hpp>
 #include <string>
 
+#include "../support/expect_error.hpp"
 #include "../support/tiny.hpp"
 
 using namespace tmoe;
 using Model = test::MoeModel::impl<float, backend::Cpu>;
-
-namespace {
-// Checks that `fn` throws tmoe::Error whose message contains every fragment.
-template <class F>
-void expect_error(F&& fn, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& f : fragments) BOOST_TEST(msg.find(f) != std::string::npos, "'" << f << "' not in: " << msg);
-    return;
-  }
-  BOOST_FAIL("no tmoe::Error thrown");
-}
-}  // namespace
+using test::expect_error;
 
 BOOST_AUTO_TEST_CASE(d_model_not_divisible_by_heads) {
   auto cfg = test::tiny_model();

@@ -8,74 +8,38 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "../support/expect_error.hpp"
+#include "../support/files.hpp"
 #include "tmoe/io/safetensors.hpp"
 
 namespace fs = std::filesystem;
 using tmoe::io::SafetensorsFile;
 using tmoe::io::TensorRef;
-using Bytes = std::vector<unsigned char>;
+using tmoe::test::Bytes;
+using tmoe::test::expect_error;
+using tmoe::test::read_bytes;
+using tmoe::test::TempDir;
+using tmoe::test::write_bytes;
 
 namespace {
-
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() /
-          ("tmoe_st_rel_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(dir);
-  }
-  ~TempDir() { fs::remove_all(dir); }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
-
-Bytes slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return Bytes(std::istreambuf_iterator<char>(in), {});
-}
-
-void spit(const std::string& path, const Bytes& b) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-}
 
 // A file with the given header text, declared header length, and `data` zero bytes.
 void craft(const std::string& path, const std::string& header, std::size_t data, std::uint64_t declared) {
   Bytes b;
-  for (int i = 0; i < 8; ++i) b.push_back(static_cast<unsigned char>(declared >> (8 * i)));
+  tmoe::test::append_u64_le(b, declared);
   b.insert(b.end(), header.begin(), header.end());
   b.resize(b.size() + data, 0);
-  spit(path, b);
+  write_bytes(path, b);
 }
 void craft(const std::string& path, const std::string& header, std::size_t data) {
   craft(path, header, data, header.size());
 }
 
-// Runs f, which must throw tmoe::Error whose message contains every one of `parts`.
-template <class F>
-void expect_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-  } catch (const tmoe::Error& e) {
-    const std::string msg = e.what();
-    BOOST_TEST_MESSAGE(msg);
-    for (auto& s : parts)
-      BOOST_CHECK_MESSAGE(msg.find(s) != std::string::npos, "message \"" << msg << "\" lacks \"" << s << "\"");
-    return;
-  } catch (const std::exception& e) {
-    BOOST_ERROR("threw something other than tmoe::Error: " << e.what());
-    return;
-  }
-  BOOST_ERROR("no tmoe::Error was thrown");
-}
-
-void expect_open_error(const std::string& path, std::initializer_list<std::string> parts) {
+void expect_open_error(const std::string& path, const std::vector<std::string>& parts) {
   expect_error([&] { (void)SafetensorsFile::open(path); }, parts);
 }
 
@@ -84,7 +48,7 @@ Bytes reference_file(const std::string& path) {
   static const std::vector<float> a = {1, 2, 3, 4, 5, 6};
   static const std::vector<std::int32_t> b = {7, 8, 9};
   tmoe::io::write_safetensors(path, {{"a", "F32", {2, 3}, a.data()}, {"b", "I32", {3}, b.data()}}, {{"step", "3"}});
-  return slurp(path);
+  return read_bytes(path);
 }
 
 }  // namespace
@@ -92,8 +56,7 @@ Bytes reference_file(const std::string& path) {
 BOOST_AUTO_TEST_CASE(truncated_files_are_rejected) {
   TempDir tmp;
   const Bytes full = reference_file(tmp.file("full"));
-  std::uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<std::uint64_t>(full[static_cast<std::size_t>(i)]) << (8 * i);
+  const std::uint64_t n = tmoe::test::read_u64_le(full);
   BOOST_REQUIRE(full.size() == 8 + n + 36);
   BOOST_REQUIRE_NO_THROW(SafetensorsFile::open(tmp.file("full")));
 
@@ -111,7 +74,7 @@ BOOST_AUTO_TEST_CASE(truncated_files_are_rejected) {
   for (auto& c : cuts) {
     BOOST_TEST_CONTEXT("cut at byte " << c.at << " of " << full.size()) {
       const std::string path = tmp.file("cut" + std::to_string(c.at));
-      spit(path, Bytes(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(c.at)));
+      write_bytes(path, Bytes(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(c.at)));
       expect_open_error(path, {path, c.says});
     }
   }
@@ -182,16 +145,10 @@ BOOST_AUTO_TEST_CASE(lying_headers_are_rejected) {
     BOOST_TEST_CONTEXT(c.what) {
       const std::string path = tmp.file("lie");
       craft(path, c.header, c.data);
-      try {
-        (void)SafetensorsFile::open(path);
-        BOOST_ERROR("accepted");
-      } catch (const tmoe::Error& e) {
-        const std::string msg = e.what();
-        BOOST_TEST_MESSAGE(msg);
+      tmoe::test::expect_error_then([&] { (void)SafetensorsFile::open(path); }, [&](const tmoe::Error& e) {
         BOOST_TEST(e.where().find(path) == 0u);
-        for (auto& s : c.says)
-          BOOST_CHECK_MESSAGE(msg.find(s) != std::string::npos, "message \"" << msg << "\" lacks \"" << s << "\"");
-      }
+        tmoe::test::check_message(e.what(), c.says);
+      });
     }
   }
 }
@@ -270,7 +227,7 @@ struct Doctored {
 // Loads `path` into a sentinel-filled buffer, expects an error with `parts`, and checks that
 // not a single byte of the buffer changed.
 template <class T>
-void expect_load_error(const std::string& path, const tmoe::ParamRegistry& r, std::initializer_list<std::string> parts,
+void expect_load_error(const std::string& path, const tmoe::ParamRegistry& r, const std::vector<std::string>& parts,
                        const std::string& prefix = "") {
   std::vector<T> flat(static_cast<std::size_t>(r.total()));
   for (std::size_t i = 0; i < flat.size(); ++i) flat[i] = static_cast<T>(-1000.0 - static_cast<double>(i));
@@ -345,7 +302,7 @@ BOOST_AUTO_TEST_CASE(writer_leaves_no_tmp_and_rejects_bad_input) {
   tmoe::io::write_safetensors(path, {{"x", "F32", {2}, x.data()}});
   BOOST_TEST(fs::exists(path));
   BOOST_TEST(!fs::exists(path + ".tmp"));
-  const Bytes good = slurp(path);
+  const Bytes good = read_bytes(path);
 
   // Rejected before anything is written: the old file stays, no .tmp appears.
   const std::vector<std::pair<std::vector<TensorRef>, std::string>> bad = {
@@ -361,11 +318,11 @@ BOOST_AUTO_TEST_CASE(writer_leaves_no_tmp_and_rejects_bad_input) {
     BOOST_TEST_CONTEXT(says) {
       expect_error([&] { tmoe::io::write_safetensors(path, refs); }, {path, says});
       BOOST_TEST(!fs::exists(path + ".tmp"));
-      BOOST_TEST(slurp(path) == good, boost::test_tools::per_element());
+      BOOST_TEST(read_bytes(path) == good, boost::test_tools::per_element());
     }
   }
   expect_error([&] { tmoe::io::write_safetensors(path, {{"x", "F32", {2}, x.data()}}, {{"k", "\xff"}}); }, {"UTF-8"});
-  BOOST_TEST(slurp(path) == good, boost::test_tools::per_element());
+  BOOST_TEST(read_bytes(path) == good, boost::test_tools::per_element());
 
   // Failing at the file system: a missing directory, and a rename onto a directory.
   const std::string nodir = tmp.file("no/such/dir/w.safetensors");
@@ -391,7 +348,7 @@ BOOST_AUTO_TEST_CASE(killed_writer_leaves_the_old_file) {
   const std::string path = tmp.file("ckpt.safetensors");
   const std::vector<float> old = {3.0f, 1.0f, 4.0f};
   tmoe::io::write_safetensors(path, {{"w", "F32", {3}, old.data()}});
-  const Bytes old_bytes = slurp(path);
+  const Bytes old_bytes = read_bytes(path);
 
   const std::vector<float> big(std::size_t{64} << 20, 2.0f);  // 256 MiB: slow enough to interrupt
   int interrupted = 0;
@@ -423,7 +380,7 @@ BOOST_AUTO_TEST_CASE(killed_writer_leaves_the_old_file) {
     // child won the race) the new one.
     const auto f = SafetensorsFile::open(path);
     if (f.info("w").numel() == 3) {
-      BOOST_TEST(slurp(path) == old_bytes, boost::test_tools::per_element());
+      BOOST_TEST(read_bytes(path) == old_bytes, boost::test_tools::per_element());
     } else {
       BOOST_TEST(f.info("w").numel() == static_cast<std::int64_t>(big.size()));
       tmoe::io::write_safetensors(path, {{"w", "F32", {3}, old.data()}});

@@ -1,10 +1,11 @@
 #pragma once
 // Shared by the tests: the tiny shapes of DESIGN.md (d_model 32, 2 layers, 4 experts,
 // context 32) and a few helpers.
+#include <algorithm>
 #include <cstdint>
-#include <random>
 #include <vector>
 
+#include "numeric.hpp"  // random_tokens
 #include "tmoe/tmoe.hpp"
 
 namespace tmoe::test {
@@ -24,11 +25,26 @@ inline ModelConfig tiny_model() {
   return m;
 }
 
-inline std::vector<std::int32_t> random_tokens(std::int64_t n, std::int64_t vocab, unsigned seed) {
-  std::mt19937 g(seed);
-  std::vector<std::int32_t> v(static_cast<std::size_t>(n));
-  for (auto& x : v) x = static_cast<std::int32_t>(g() % static_cast<unsigned>(vocab));
-  return v;
+// A short training run of tiny_model() at training's init_std: 4 x 32 tokens a step, 4 steps.
+inline Config tiny_train_config() {
+  Config c;
+  c.model = tiny_model();
+  c.model.init_std = 0.02;
+  c.train.batch_size = 4;
+  c.train.seq_len = 32;
+  c.train.steps = 4;
+  c.train.lr = 1e-2;
+  return c;
+}
+
+// Batches of `tokens` random ids in [0, vocab), the targets shifted by one: call i fills
+// inputs and targets from random_tokens(tokens + 1, vocab, 100 + i).
+inline BatchFn random_batches(std::int64_t tokens, std::int64_t vocab) {
+  return [tokens, vocab](std::int64_t i, std::int32_t* in, std::int32_t* tg) {
+    const auto x = random_tokens(tokens + 1, vocab, static_cast<unsigned>(100 + i));
+    std::copy_n(x.begin(), tokens, in);
+    std::copy_n(x.begin() + 1, tokens, tg);
+  };
 }
 
 using MoeBlock = TransformerBlock<CausalAttention<Rope>, MoE<SwiGLU, TopK>>;

@@ -8,28 +8,10 @@ using namespace tmoe;
 using Train = Trainer<test::MoeModel, AdamW, Fp32, Serial, backend::Cpu>;
 
 namespace {
-Config tiny_config() {
-  Config c;
-  c.model = test::tiny_model();
-  c.model.init_std = 0.02;
-  c.train.batch_size = 4;
-  c.train.seq_len = 32;
-  c.train.steps = 4;
-  c.train.lr = 1e-2;
-  return c;
-}
-BatchFn random_batches(const Config& c) {
-  return [b = c.train.batch_size, t = c.train.seq_len, v = c.model.vocab_size](std::int64_t i, std::int32_t* in,
-                                                                                std::int32_t* tg) {
-    auto x = test::random_tokens(b * t + 1, v, static_cast<unsigned>(100 + i));
-    std::copy_n(x.begin(), b * t, in);
-    std::copy_n(x.begin() + 1, b * t, tg);
-  };
-}
 std::vector<float> train_and_get_weights(const Config& c, int threads) {
   set_threads(threads);
   Train tr(c);
-  auto batches = random_batches(c);
+  auto batches = test::random_batches(c.train.batch_size * c.train.seq_len, c.model.vocab_size);
   for (std::int64_t s = 0; s < c.train.steps; ++s) tr.train_step(batches);
   const auto* p = tr.model().params();
   return {p, p + tr.model().registry().total()};
@@ -37,7 +19,7 @@ std::vector<float> train_and_get_weights(const Config& c, int threads) {
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(same_seed_gives_bitwise_identical_weights) {
-  const auto c = tiny_config();
+  const auto c = test::tiny_train_config();
   const auto a = train_and_get_weights(c, 2), b = train_and_get_weights(c, 2);
   BOOST_REQUIRE_EQUAL(a.size(), b.size());
   BOOST_TEST(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
@@ -48,7 +30,7 @@ BOOST_AUTO_TEST_CASE(same_seed_gives_bitwise_identical_weights) {
 }
 
 BOOST_AUTO_TEST_CASE(one_and_two_threads_give_bitwise_identical_weights) {
-  auto c = tiny_config();
+  auto c = test::tiny_train_config();
   // Enough tokens that every GEMM and reduction has several tiles/chunks to share out.
   c.train.batch_size = 12;
   const auto a = train_and_get_weights(c, 1), b = train_and_get_weights(c, 2);

@@ -13,20 +13,11 @@ using tmoe::backend::Cpu;
 using namespace opstest;
 using Types = std::tuple<float, double>;
 
-namespace {
-std::vector<std::int32_t> random_ids(std::int64_t n, std::int32_t v, unsigned seed) {
-  std::mt19937 g(seed);
-  std::vector<std::int32_t> ids(n);
-  for (auto& i : ids) i = static_cast<std::int32_t>(g() % static_cast<unsigned>(v));
-  return ids;
-}
-}  // namespace
-
 BOOST_AUTO_TEST_CASE_TEMPLATE(embedding_forward_backward_with_repeats_and_positions, T, Types) {
   // c = 40 spans two 32-column blocks of the backward; ids drawn from 5 of 10 rows, so most
   // rows repeat and some never occur.
   const std::int64_t b = 3, t = 7, n = b * t, c = 40, v = 10;
-  auto ids = random_ids(n, 5, 1);
+  auto ids = random_tokens(n, 5, 1);
   ids[0] = ids[1] = ids[t] = 3;  // a repeat within a sequence and across sequences
   const auto wte = round_to<T>(randn(v * c, 2)), wpe = round_to<T>(randn(t * c, 3));
   const auto dout = round_to<T>(randn(n * c, 4));
@@ -89,7 +80,7 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(cross_entropy_forward_backward, T, Types) {
   auto lg = randn(n * v, 10, 3.0);
   for (std::int64_t j = 0; j < v; ++j) lg[5 * v + j] += 1000.0, lg[6 * v + j] -= 1000.0;
   const auto logits = round_to<T>(lg);
-  const auto y = random_ids(n, static_cast<std::int32_t>(v), 11);
+  const auto y = random_tokens(n, static_cast<std::int32_t>(v), 11);
   const double scale = 0.37;
   const auto ref = ce_ref(logits, y, n, v, scale);
   auto lt = as<T>(logits);
@@ -114,7 +105,7 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(cross_entropy_forward_backward, T, Types) {
 BOOST_AUTO_TEST_CASE(cross_entropy_backward_matches_central_differences) {
   const std::int64_t n = 4, v = 12;
   auto l = randn(n * v, 20, 2.0);
-  const auto y = random_ids(n, static_cast<std::int32_t>(v), 21);
+  const auto y = random_tokens(n, static_cast<std::int32_t>(v), 21);
   std::vector<double> row(n), d(n * v);
   Cpu::cross_entropy_backward(l.data(), y.data(), d.data(), n, v, 1.0);
   for (std::size_t i = 0; i < l.size(); ++i) {

@@ -80,24 +80,12 @@ NormRef ln_ref(const std::vector<double>& x, const std::vector<double>& w, const
 // Central differences of Σ dy ⊙ y(x) w.r.t. x, to check a reference's dx.
 template <class F>
 std::vector<double> fd_dx(std::vector<double> x, const std::vector<double>& dy, F&& fwd) {
-  std::vector<double> g(x.size());
-  const double h = 1e-6;
-  auto L = [&] {
+  return central_differences(x, 1e-6, [&] {
     const auto y = fwd(x);
     double s = 0;
     for (std::size_t i = 0; i < y.size(); ++i) s += y[i] * dy[i];
     return s;
-  };
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const double v = x[i];
-    x[i] = v + h;
-    const double lp = L();
-    x[i] = v - h;
-    const double lm = L();
-    x[i] = v;
-    g[i] = (lp - lm) / (2 * h);
-  }
-  return g;
+  });
 }
 
 }  // namespace

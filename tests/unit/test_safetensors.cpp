@@ -1,48 +1,27 @@
 #define BOOST_TEST_MODULE safetensors
-#include <unistd.h>
-
 #include <boost/test/unit_test.hpp>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include "../support/files.hpp"
 #include "tmoe/io/safetensors.hpp"
 
 namespace fs = std::filesystem;
 using tmoe::io::SafetensorsFile;
 using tmoe::io::TensorRef;
-using Bytes = std::vector<unsigned char>;
+using tmoe::test::append_u64_le;
+using tmoe::test::Bytes;
+using tmoe::test::read_bytes;
+using tmoe::test::read_u64_le;
+using tmoe::test::TempDir;
+using tmoe::test::write_bytes;
 
 namespace {
-
-// A fresh directory per test case, removed afterwards.
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() /
-          ("tmoe_st_unit_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(dir);
-  }
-  ~TempDir() { fs::remove_all(dir); }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
-
-Bytes slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return Bytes(std::istreambuf_iterator<char>(in), {});
-}
-
-void spit(const std::string& path, const Bytes& b) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-}
 
 void append(Bytes& b, const void* p, std::size_t n) {
   auto* c = static_cast<const unsigned char*>(p);
@@ -50,16 +29,6 @@ void append(Bytes& b, const void* p, std::size_t n) {
 }
 
 void append(Bytes& b, const std::string& s) { append(b, s.data(), s.size()); }
-
-void append_u64(Bytes& b, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) b.push_back(static_cast<unsigned char>(v >> (8 * i)));
-}
-
-std::uint64_t header_len(const Bytes& b) {
-  std::uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<std::uint64_t>(b[static_cast<std::size_t>(i)]) << (8 * i);
-  return n;
-}
 
 template <class T>
 Bytes raw(const std::vector<T>& v) {
@@ -197,8 +166,8 @@ BOOST_AUTO_TEST_CASE(data_section_is_8_byte_aligned) {
     const std::string path = tmp.file("a" + std::to_string(len));
     const std::string name(static_cast<std::size_t>(len), 'n');
     tmoe::io::write_safetensors(path, {{name, "U8", {3}, data.data()}});
-    const Bytes b = slurp(path);
-    const std::uint64_t n = header_len(b);
+    const Bytes b = read_bytes(path);
+    const std::uint64_t n = read_u64_le(b);
     BOOST_TEST_CONTEXT("name length " << len) {
       BOOST_TEST((8 + n) % 8 == 0u);
       BOOST_TEST(b.size() == 8 + n + 3);
@@ -233,7 +202,7 @@ BOOST_AUTO_TEST_CASE(byte_layout_of_a_tiny_file) {
                       0x07, 0x00, 0x00, 0x00};  // 7
   expect.insert(expect.end(), data.begin(), data.end());
   BOOST_TEST(expect.size() == 156u);
-  BOOST_TEST(slurp(path) == expect, boost::test_tools::per_element());
+  BOOST_TEST(read_bytes(path) == expect, boost::test_tools::per_element());
 }
 
 // A file as another writer might produce it: no padding (data section unaligned), keys in
@@ -247,7 +216,7 @@ BOOST_AUTO_TEST_CASE(reads_a_file_from_another_writer) {
       R"("ids":{"dtype":"I64","data_offsets":[10,26],"shape":[2]},)"
       R"("__metadata__":{"format":"pt"}})";
   Bytes b;
-  append_u64(b, header.size());
+  append_u64_le(b, header.size());
   append(b, header);
   const std::vector<std::uint16_t> z = {0x3555, 0x7c00, 0x8400};  // 0.333251953125, +inf, -2^-14
   const std::vector<std::uint16_t> a = {0x4049, 0xbf80};          // 3.140625, -1
@@ -256,7 +225,7 @@ BOOST_AUTO_TEST_CASE(reads_a_file_from_another_writer) {
   append(b, a.data(), 4);
   append(b, ids.data(), 16);
   BOOST_REQUIRE((8 + header.size()) % 8 != 0);  // really unaligned
-  spit(path, b);
+  write_bytes(path, b);
 
   const auto f = SafetensorsFile::open(path);
   BOOST_TEST(f.names() == (std::vector<std::string>{"a", "ids", "z"}), boost::test_tools::per_element());

@@ -9,34 +9,15 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
+#include "../support/files.hpp"
 #include "tmoe/data/text_corpus.hpp"
 
 namespace fs = std::filesystem;
 using tmoe::data::BatchSampler;
+using tmoe::test::TempDir;
 using Tokens = std::vector<std::int32_t>;
 
 namespace {
-
-// A fresh folder under the temp directory, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static int counter = 0;
-    dir = fs::temp_directory_path() /
-          ("tmoe_text_corpus_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  void write(const std::string& name, const std::string& bytes) const {
-    std::ofstream(dir / name, std::ios::binary) << bytes;
-  }
-};
 
 std::string as_string(const Tokens& t) {
   std::string s;

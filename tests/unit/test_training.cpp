@@ -10,14 +10,10 @@ using namespace tmoe;
 // must clearly reduce the loss. Convergence quality itself is the example's and the
 // benchmark's business.
 BOOST_AUTO_TEST_CASE(loss_falls_on_a_learnable_sequence) {
-  Config c;
-  c.model = test::tiny_model();
+  Config c = test::tiny_train_config();  // init_std 0.02, seq_len 32, lr 1e-2
   c.model.vocab_size = 16;
-  c.model.init_std = 0.02;
   c.train.batch_size = 8;
-  c.train.seq_len = 32;
   c.train.steps = 60;
-  c.train.lr = 1e-2;
   c.train.grad_accum = 2;
   Trainer<test::MoeModel, AdamW, Fp32, Serial, backend::Cpu> tr(c);
   const std::int64_t b = c.train.batch_size, t = c.train.seq_len;
