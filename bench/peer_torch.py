@@ -104,7 +104,7 @@ def main() -> int:
         n_active = cfg.n_layers * (4 * c * c + c * e + k * mats * c * h) + cfg.vocab_size * c
         flops = 6 * n_active + 6 * cfg.n_layers * t * c
         peak = sgemm_gflops()
-        print(json.dumps({"impl": "pytorch", "threads": th, "tokens_per_s": round(tok_s, 1),
+        print(json.dumps({"impl": "pytorch", "threads": th, "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"), "tokens_per_s": round(tok_s, 1),
                           "step_ms": round(1e3 * sec / args.steps, 1), "model_gflop_per_token": flops / 1e9,
                           "achieved_gflops": round(tok_s * flops / 1e9, 2), "sgemm_peak_gflops": round(peak, 2),
                           "mfu": round(tok_s * flops / 1e9 / peak, 4), "loss": round(loss, 4)}), flush=True)

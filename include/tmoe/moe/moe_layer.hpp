@@ -214,10 +214,11 @@ struct MoE {
         const T* dxr = dxe.data();
         B::for_rows(n, [=](std::int64_t t) {
           T* d = dx + t * cc;
-          for (std::int64_t j = 0; j < cc; ++j) {
-            T s = accumulate_dx ? d[j] : T(0);
-            for (std::int64_t q = 0; q < k; ++q) s += dxr[static_cast<std::int64_t>(ps[t * k + q]) * cc + j];
-            d[j] = s;
+          if (!accumulate_dx)
+            for (std::int64_t j = 0; j < cc; ++j) d[j] = T(0);
+          for (std::int64_t q = 0; q < k; ++q) {
+            const T* src = dxr + static_cast<std::int64_t>(ps[t * k + q]) * cc;
+            for (std::int64_t j = 0; j < cc; ++j) d[j] += src[j];
           }
         });
       }

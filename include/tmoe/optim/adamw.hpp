@@ -28,18 +28,25 @@ struct AdamW {
     const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
     const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
     const double step_size = lr / bc1, bc2_sqrt = std::sqrt(bc2), decay = 1.0 - lr * wd;
-    const double b1 = beta1, b2 = beta2, e = eps;
+    // Elementwise in T, as PyTorch does for a tensor of that dtype (and so vectorisable).
+    const T b1 = static_cast<T>(beta1), c1 = static_cast<T>(1.0 - beta1);
+    const T b2 = static_cast<T>(beta2), c2 = static_cast<T>(1.0 - beta2);
+    const T e = static_cast<T>(eps), ss = static_cast<T>(step_size), bc2s = static_cast<T>(bc2_sqrt);
+    const T dk = static_cast<T>(decay);
     constexpr std::int64_t kChunk = 4096;
     parallel_for((n + kChunk - 1) / kChunk, [&](std::int64_t blk) {
-      const std::int64_t i1 = std::min(n, (blk + 1) * kChunk);
-      for (std::int64_t i = blk * kChunk; i < i1; ++i) {
-        const double gi = g[i];
-        const double mi = b1 * m[i] + (1.0 - b1) * gi;
-        const double vi = b2 * v[i] + (1.0 - b2) * gi * gi;
-        m[i] = static_cast<T>(mi);
-        v[i] = static_cast<T>(vi);
-        const double pi = static_cast<double>(p[i]) * decay;
-        p[i] = static_cast<T>(pi - step_size * static_cast<double>(m[i]) / (std::sqrt(static_cast<double>(v[i])) / bc2_sqrt + e));
+      const std::int64_t i0 = blk * kChunk, i1 = std::min(n, i0 + kChunk);
+      T* __restrict pp = p;
+      const T* __restrict gg = g;
+      T* __restrict mm = m;
+      T* __restrict vv = v;
+      for (std::int64_t i = i0; i < i1; ++i) {
+        const T gi = gg[i];
+        const T mi = b1 * mm[i] + c1 * gi;
+        const T vi = b2 * vv[i] + c2 * gi * gi;
+        mm[i] = mi;
+        vv[i] = vi;
+        pp[i] = pp[i] * dk - ss * (mi / (std::sqrt(vi) / bc2s + e));
       }
     });
   }

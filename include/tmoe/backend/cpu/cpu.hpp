@@ -1,6 +1,7 @@
 #pragma once
 // backend::Cpu — every op the layers call, on Eigen maps over tmoe's buffers, threaded by
 // tmoe (see gemm.hpp for why results do not depend on threads or batch composition).
+#include "tmoe/backend/cpu/activation.hpp"
 #include "tmoe/backend/cpu/attention.hpp"
 #include "tmoe/backend/cpu/embedding.hpp"
 #include "tmoe/backend/cpu/gemm.hpp"
@@ -11,7 +12,7 @@
 
 namespace tmoe::backend {
 
-struct Cpu : cpu::GemmOps, cpu::ReduceOps, cpu::NormOps, cpu::AttentionOps, cpu::EmbeddingOps, cpu::LossOps {
+struct Cpu : cpu::GemmOps, cpu::ActivationOps, cpu::ReduceOps, cpu::NormOps, cpu::AttentionOps, cpu::EmbeddingOps, cpu::LossOps {
   using Space = HostSpace;
   using Trans = cpu::Trans;
   template <class T>

@@ -5,7 +5,6 @@
 #include <string>
 
 #include "tmoe/layers/linear.hpp"
-#include "tmoe/layers/pointwise.hpp"
 #include "tmoe/tensor/tensor.hpp"
 
 #include "tmoe/moe/experts/expert_shape.hpp"
@@ -44,10 +43,8 @@ struct SwiGLU {
       hid.ensure(Shape{rows, hdim});
       w1.forward(in, a1.data(), rows);
       w3.forward(in, a3.data(), rows);
-      T *pa1 = a1.data(), *pa3 = a3.data(), *ph = hid.data();
-      B::for_rows(rows, [=](std::int64_t i) {
-        for (std::int64_t j = i * hdim; j < (i + 1) * hdim; ++j) ph[j] = layers::Silu::forward(pa1[j]) * pa3[j];
-      });
+      T* ph = hid.data();
+      B::swiglu_forward(a1.data(), a3.data(), ph, rows, hdim);
       w2.forward(ph, y, rows);
     }
 
@@ -57,13 +54,8 @@ struct SwiGLU {
       d1.ensure(Shape{rows, hdim});
       d3.ensure(Shape{rows, hdim});
       w2.backward(hid.data(), dy, dhid.data(), rows, false);
-      T *pa1 = a1.data(), *pa3 = a3.data(), *pdh = dhid.data(), *pd1 = d1.data(), *pd3 = d3.data();
-      B::for_rows(rows, [=](std::int64_t i) {
-        for (std::int64_t j = i * hdim; j < (i + 1) * hdim; ++j) {
-          pd1[j] = pdh[j] * pa3[j] * layers::Silu::derivative(pa1[j]);
-          pd3[j] = pdh[j] * layers::Silu::forward(pa1[j]);
-        }
-      });
+      T *pd1 = d1.data(), *pd3 = d3.data();
+      B::swiglu_backward(dhid.data(), a1.data(), a3.data(), pd1, pd3, rows, hdim);
       w1.backward(x, pd1, dx, rows, accumulate_dx);
       w3.backward(x, pd3, dx, rows, true);
     }
