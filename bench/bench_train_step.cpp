@@ -3,6 +3,7 @@
 // Usage: bench_train_step [--threads N] [--steps S] [--warmup W] [key=value ...]
 //   key=value overrides model.* / train.* fields (e.g. model.d_model=128).
 // Prints one JSON line per thread setting (and a human-readable table).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -45,7 +46,7 @@ double sgemm_peak(int nthreads) {
 
 int main(int argc, char** argv) {
   std::vector<int> thread_settings{1, 2};
-  std::int64_t steps = 5, warmup = 2;
+  std::int64_t steps = 9, warmup = 5;
   std::vector<const char*> overrides{argv[0]};
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) thread_settings = {std::atoi(argv[++i])};
@@ -95,10 +96,17 @@ int main(int argc, char** argv) {
       const double peak = sgemm_peak(th);
       Train trainer(cfg);
       for (std::int64_t i = 0; i < warmup; ++i) trainer.train_step(batches);
-      const auto t0 = Clock::now();
+      // Median step time: this machine is a VM whose speed drifts between runs by 10-15%,
+      // and the median ignores the odd slow step.
+      std::vector<double> times;
       double loss = 0;
-      for (std::int64_t i = 0; i < steps; ++i) loss = trainer.train_step(batches).loss;
-      const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
+      for (std::int64_t i = 0; i < steps; ++i) {
+        const auto t0 = Clock::now();
+        loss = trainer.train_step(batches).loss;
+        times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+      }
+      std::sort(times.begin(), times.end());
+      const double sec = times[times.size() / 2] * static_cast<double>(steps);
       const double tok_s = static_cast<double>(steps * b * t) / sec;
       const double flops = trainer.model().flops_per_token(t);
       const double mfu = tok_s * flops / (peak * 1e9);

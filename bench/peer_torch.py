@@ -56,8 +56,8 @@ def sgemm_gflops(n: int = 1024) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=9)
+    ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("overrides", nargs="*", help="model.key=value")
@@ -92,11 +92,13 @@ def main() -> int:
 
         for i in range(args.warmup):
             step(i)
-        t0 = time.perf_counter()
+        times = []
         loss = 0.0
         for i in range(args.steps):
+            t0 = time.perf_counter()
             loss = step(args.warmup + i)
-        sec = time.perf_counter() - t0
+            times.append(time.perf_counter() - t0)
+        sec = sorted(times)[len(times) // 2] * args.steps  # median step, as bench_train_step
         tok_s = args.steps * b * t / sec
         # model FLOPs per token, DESIGN.md: 6 N_active + 6 L T C
         c, e, k, h = cfg.d_model, cfg.n_experts, cfg.top_k, cfg.d_expert

@@ -9,13 +9,13 @@ build=${1:-$root/build}
 cmake --build "$build" --target bench_train_step >/dev/null
 out=$(mktemp -d)
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u +%F)"
-"$build/bench/bench_train_step" --steps 5 --warmup 5 | tee "$out/tmoe.jsonl"
+"$build/bench/bench_train_step" --steps 9 --warmup 5 | tee "$out/tmoe.jsonl"
 # The machine sets OPENBLAS_CORETYPE/L2_SIZE for old OpenBLAS builds; they slow the peer, so
 # the peer runs without them (it prints the kernel OpenBLAS picked).
 # Both intra-op thread settings of torch, each with OpenBLAS on 1 and on 2 threads.
 for blas in 1 2; do
   OPENBLAS_NUM_THREADS=$blas env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \
-    /usr/bin/python3 "$root/bench/peer_torch.py" --steps 5 --warmup 5 | tee -a "$out/torch.jsonl"
+    /usr/bin/python3 "$root/bench/peer_torch.py" --steps 9 --warmup 5 | tee -a "$out/torch.jsonl"
 done
 /usr/bin/python3 - "$out/tmoe.jsonl" "$out/torch.jsonl" <<'PY'
 import json, sys
