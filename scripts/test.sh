@@ -5,10 +5,15 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh" test
 build=${TMOE_BUILD_DIR:-$root/build}
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=/usr/bin/python3 >/dev/null
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=/usr/bin/python3 \
+  -DTMOE_BUILD_TESTS=ON -DTMOE_BUILD_EXAMPLES=ON -DTMOE_BUILD_BENCH=ON >/dev/null
 start=$(date +%s)
-cmake --build "$build" -j "$(nproc)" 2>&1 | grep -E "error|warning: unused|Error" || true
-test "${PIPESTATUS[0]}" -eq 0 || { echo "build failed"; cmake --build "$build" -j 1 2>&1 | tail -40; exit 1; }
+mkdir -p "$build"
+if ! cmake --build "$build" -j "$(nproc)" >"$build/build.log" 2>&1; then
+  grep -E "error|Error" "$build/build.log" | head -60
+  echo "build failed; full log: $build/build.log"
+  exit 1
+fi
 echo "build: $(( $(date +%s) - start )) s"
 cd "$build"
 rc=0

@@ -8,7 +8,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=${TMOE_BUILD_DIR:-$root/build}
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DTMOE_BUILD_TESTS=OFF -DTMOE_BUILD_BENCH=OFF >/dev/null
 start=$(date +%s)
-cmake --build "$build" -j "$(nproc)" --target train_moe_lm >/dev/null
+if ! cmake --build "$build" -j "$(nproc)" --target train_moe_lm >"$build/build-train.log" 2>&1; then
+  grep -E "error|Error" "$build/build-train.log" | head -60
+  echo "build failed; full log: $build/build-train.log"
+  exit 1
+fi
 echo "built train_moe_lm in $(( $(date +%s) - start )) s"
 mkdir -p "$root/runs"
 exec "$build/examples/train_moe_lm/train_moe_lm" --config "$root/examples/train_moe_lm/fortunes.yaml" \

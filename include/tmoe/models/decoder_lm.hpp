@@ -4,6 +4,7 @@
 // with sizes from the run-time ModelConfig. All parameters live in one flat buffer (and
 // gradients in another) described by the registry; layers hold views into them.
 // Loss = mean cross-entropy over tokens + Σ_layers (aux_w · aux + z_w · z)  (conventions.md).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -87,7 +88,15 @@ struct DecoderLM {
                                          : static_cast<T>(pi.init_std * key.normal(static_cast<std::uint64_t>(j)));
       }
     }
-    void zero_grad() { grads_.zero(); }
+    void zero_grad() {
+      constexpr std::int64_t kBlock = 1 << 16;
+      T* g = grads_.data();
+      const std::int64_t n = grads_.numel();
+      B::for_rows((n + kBlock - 1) / kBlock, [=](std::int64_t blk) {
+        const std::int64_t i0 = blk * kBlock;
+        std::fill(g + i0, g + std::min(n, i0 + kBlock), T(0));
+      });
+    }
 
     // The gradient-ready hook: backward calls it with a range [first, last) of registry
     // indices as soon as those parameters' gradients are final for this backward pass, in
