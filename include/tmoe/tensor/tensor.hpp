@@ -64,7 +64,8 @@ struct AlignedFree {
 };
 }  // namespace detail
 
-// An owning, zero-initialised host buffer; resizing reallocates and zeroes.
+// An owning host buffer. resize() zeroes it (reallocating only when it grows); ensure()
+// sets the shape of a scratch buffer without zeroing.
 template <class T, class Space = HostSpace>
 class Tensor {
  public:
