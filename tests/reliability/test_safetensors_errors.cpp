@@ -301,7 +301,7 @@ BOOST_AUTO_TEST_CASE(writer_leaves_no_tmp_and_rejects_bad_input) {
   const std::vector<float> x = {1, 2};
   tmoe::io::write_safetensors(path, {{"x", "F32", {2}, x.data()}});
   BOOST_TEST(fs::exists(path));
-  BOOST_TEST(!fs::exists(path + ".tmp"));
+  BOOST_TEST(!fs::exists(tmoe::io::temp_path_for(path)));
   const Bytes good = read_bytes(path);
 
   // Rejected before anything is written: the old file stays, no .tmp appears.
@@ -317,7 +317,7 @@ BOOST_AUTO_TEST_CASE(writer_leaves_no_tmp_and_rejects_bad_input) {
   for (auto& [refs, says] : bad) {
     BOOST_TEST_CONTEXT(says) {
       expect_error([&] { tmoe::io::write_safetensors(path, refs); }, {path, says});
-      BOOST_TEST(!fs::exists(path + ".tmp"));
+      BOOST_TEST(!fs::exists(tmoe::io::temp_path_for(path)));
       BOOST_TEST(read_bytes(path) == good, boost::test_tools::per_element());
     }
   }
@@ -326,18 +326,18 @@ BOOST_AUTO_TEST_CASE(writer_leaves_no_tmp_and_rejects_bad_input) {
 
   // Failing at the file system: a missing directory, and a rename onto a directory.
   const std::string nodir = tmp.file("no/such/dir/w.safetensors");
-  expect_error([&] { tmoe::io::write_safetensors(nodir, {{"x", "F32", {2}, x.data()}}); }, {"could not create"});
+  expect_error([&] { tmoe::io::write_safetensors(nodir, {{"x", "F32", {2}, x.data()}}); }, {"cannot create"});
   const std::string isdir = tmp.file("a_directory");
   fs::create_directories(isdir);
-  expect_error([&] { tmoe::io::write_safetensors(isdir, {{"x", "F32", {2}, x.data()}}); }, {"could not rename"});
-  BOOST_TEST(!fs::exists(isdir + ".tmp"));
+  expect_error([&] { tmoe::io::write_safetensors(isdir, {{"x", "F32", {2}, x.data()}}); }, {"cannot rename"});
+  BOOST_TEST(!fs::exists(tmoe::io::temp_path_for(isdir)));
   BOOST_TEST(fs::is_directory(isdir));
 
   // save_params goes through the same path.
   const auto reg = model_registry();
   std::vector<float> flat(static_cast<std::size_t>(reg.total()), 0.5f);
   tmoe::io::save_params(path, reg, flat.data());
-  BOOST_TEST(!fs::exists(path + ".tmp"));
+  BOOST_TEST(!fs::exists(tmoe::io::temp_path_for(path)));
   BOOST_TEST(SafetensorsFile::open(path).size() == 3u);
 }
 
@@ -367,7 +367,7 @@ BOOST_AUTO_TEST_CASE(killed_writer_leaves_the_old_file) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     std::error_code ec;
     while (std::chrono::steady_clock::now() < deadline) {
-      const auto sz = fs::file_size(path + ".tmp", ec);
+      const auto sz = fs::file_size(tmoe::io::temp_path_for(path, child), ec);
       if (!ec && sz > 0) break;
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
@@ -385,9 +385,10 @@ BOOST_AUTO_TEST_CASE(killed_writer_leaves_the_old_file) {
       BOOST_TEST(f.info("w").numel() == static_cast<std::int64_t>(big.size()));
       tmoe::io::write_safetensors(path, {{"w", "F32", {3}, old.data()}});
     }
-    // The next writer replaces the stale .tmp and removes it.
+    // The next writer deletes the dead writer's temporary.
     tmoe::io::write_safetensors(path, {{"w", "F32", {3}, old.data()}});
-    BOOST_TEST(!fs::exists(path + ".tmp"));
+    BOOST_TEST(!fs::exists(tmoe::io::temp_path_for(path, child)));
+    BOOST_TEST(!fs::exists(tmoe::io::temp_path_for(path)));
   }
   BOOST_TEST_MESSAGE("writer killed mid-write in " << interrupted << " of 3 attempts");
   BOOST_TEST(interrupted > 0);

@@ -28,6 +28,7 @@ void for_each_section(Cfg& cfg, F&& f) {
   f("model", cfg.model);
   f("train", cfg.train);
   f("data", cfg.data);
+  f("checkpoint", cfg.checkpoint);
 }
 
 // Calls f(key, value&) for every field of every section.
@@ -58,6 +59,7 @@ void check_same(const Config& a, const Config& b) {
   };
   compare("model", a.model, b.model);
   compare("train", a.train, b.train);
+  compare("checkpoint", a.checkpoint, b.checkpoint);
   compare("data", a.data, b.data);
 }
 

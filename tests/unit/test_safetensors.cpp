@@ -71,7 +71,7 @@ BOOST_AUTO_TEST_CASE(round_trip_of_dtypes_and_shapes) {
       {"f32.empty", "F32", {0}, nullptr},
       {"f32.scalar", "F32", {}, &scalar_f32},
   });
-  BOOST_TEST(!fs::exists(path + ".tmp"));
+  BOOST_TEST(!fs::exists(tmoe::io::temp_path_for(path)));
 
   const auto f = SafetensorsFile::open(path);
   const std::vector<std::string> expect_names = {"bf16", "f16", "f32", "f32.empty", "f32.scalar",
@@ -281,7 +281,7 @@ BOOST_AUTO_TEST_CASE(save_and_load_params) {
   const auto reg = small_registry();
   const auto src = filled<float>(reg);
   tmoe::io::save_params(path, reg, src.data(), {{"step", "17"}});
-  BOOST_TEST(!fs::exists(path + ".tmp"));
+  BOOST_TEST(!fs::exists(tmoe::io::temp_path_for(path)));
 
   const auto f = SafetensorsFile::open(path);
   BOOST_TEST(f.size() == 4u);

@@ -175,12 +175,14 @@ struct TrainConfig {
 };
 
 struct DataConfig {
+  std::string shards;                                 // a folder written by tmoe-prep; wins over corpus
   std::string corpus = "/usr/share/games/fortunes";  // file or folder of fortune files / text
   double val_fraction = 0.05;                         // every 1/val_fraction-th record is held out
 
   static constexpr auto fields() {
     using C = DataConfig;
-    return std::make_tuple(field("corpus", &C::corpus, "text file or folder"),
+    return std::make_tuple(field("shards", &C::shards, "token-shard folder written by tmoe-prep (empty: use corpus)"),
+                           field("corpus", &C::corpus, "text file or folder, read as bytes when shards is empty"),
                            field("val_fraction", &C::val_fraction, "share of records held out for validation"));
   }
   void validate() const {
@@ -189,14 +191,45 @@ struct DataConfig {
   }
 };
 
+// Checkpoints (DESIGN.md "Checkpoints"): a directory of committed step-NNNNNNNN folders
+// plus a `latest` pointer. Empty dir: no checkpoints.
+struct CheckpointConfig {
+  std::string dir;                 // where checkpoints live; empty: none
+  std::int64_t interval = 1000;    // steps between checkpoints (the seed article's 1000)
+  std::int64_t keep = 3;           // committed checkpoints kept; older ones are deleted
+  std::string resume = "auto";     // auto: from `latest` if there is one; never; required
+  bool on_signal = true;           // SIGTERM/SIGINT: write a checkpoint, then exit 0
+
+  static constexpr auto fields() {
+    using C = CheckpointConfig;
+    return std::make_tuple(
+        field("dir", &C::dir, "checkpoint directory; empty = no checkpoints"),
+        field("interval", &C::interval, "steps between checkpoints (also one at the end)"),
+        field("keep", &C::keep, "committed checkpoints to keep"),
+        field("resume", &C::resume, "auto | never | required: resume from the newest valid checkpoint"),
+        field("on_signal", &C::on_signal, "write a checkpoint and exit 0 on SIGTERM/SIGINT"));
+  }
+  void validate() const {
+    if (interval <= 0) throw Error(detail::cat("interval is ", interval), "checkpoint.interval", "a positive step count");
+    if (keep <= 0) throw Error(detail::cat("keep is ", keep), "checkpoint.keep", "at least 1");
+    if (resume != "auto" && resume != "never" && resume != "required")
+      throw Error("resume is '" + resume + "'", "checkpoint.resume", "auto, never or required");
+    if (resume == "required" && dir.empty())
+      throw Error("resume is 'required' but no checkpoint directory is set", "checkpoint.resume",
+                  "checkpoint.dir=PATH");
+  }
+};
+
 struct Config {
   ModelConfig model;
   TrainConfig train;
   DataConfig data;
+  CheckpointConfig checkpoint;
   void validate() const {
     model.validate();
     train.validate(model);
     data.validate();
+    checkpoint.validate();
   }
 };
 

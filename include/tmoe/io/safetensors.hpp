@@ -40,6 +40,7 @@
 
 #include "tmoe/core/error.hpp"
 #include "tmoe/core/registry.hpp"
+#include "tmoe/io/atomic_file.hpp"
 
 namespace tmoe::io {
 
@@ -128,7 +129,6 @@ S load_le(const std::byte* p) {
   return v;
 }
 
-inline std::string errno_text() { return std::strerror(errno); }
 
 class Fd {
  public:
@@ -144,19 +144,6 @@ class Fd {
  private:
   int fd_;
 };
-
-inline void write_all(int fd, const void* p, std::size_t n, const std::string& where) {
-  const char* c = static_cast<const char*>(p);
-  while (n > 0) {
-    const ::ssize_t w = ::write(fd, c, std::min<std::size_t>(n, std::size_t{1} << 30));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      throw Error("could not write: " + errno_text(), where);
-    }
-    c += w;
-    n -= static_cast<std::size_t>(w);
-  }
-}
 
 // A read-only private mapping of a whole file; shared by copies of a SafetensorsFile.
 class Mapping {
@@ -178,8 +165,8 @@ class Mapping {
 }  // namespace detail
 
 // Writes `tensors` (in the given order) and `metadata` to `path`. The bytes go to
-// `path + ".tmp"`, which is fsynced and then renamed over `path`, so `path` always holds
-// either the previous file or the complete new one.
+// a temporary file that is fsynced and renamed over `path` (AtomicFile), so `path` always
+// holds either the previous file or the complete new one.
 inline void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                               const std::map<std::string, std::string>& metadata = {}) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
@@ -221,28 +208,12 @@ inline void write_safetensors(const std::string& path, const std::vector<TensorR
   text.append((8 - (8 + text.size()) % 8) % 8, ' ');  // data section starts 8-byte aligned
   const std::uint64_t n = text.size();
 
-  const std::string tmp = path + ".tmp";
-  detail::Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0) throw Error("could not create the file: " + detail::errno_text(), tmp);
-  try {
-    detail::write_all(fd.get(), &n, 8, tmp);
-    detail::write_all(fd.get(), text.data(), text.size(), tmp);
-    for (std::size_t i = 0; i < tensors.size(); ++i)
-      if (sizes[i] > 0) detail::write_all(fd.get(), tensors[i].data, sizes[i], tmp);
-    if (::fsync(fd.get()) != 0) throw Error("could not flush the file to disk: " + detail::errno_text(), tmp);
-    if (::close(fd.release()) != 0) throw Error("could not close the file: " + detail::errno_text(), tmp);
-    if (::rename(tmp.c_str(), path.c_str()) != 0)
-      throw Error("could not rename " + tmp + " to the final name: " + detail::errno_text(), path);
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  // Make the rename itself durable. Best effort: some file systems refuse fsync on a
-  // directory, and the file is complete under its final name either way.
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  detail::Fd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dfd.get() >= 0) (void)::fsync(dfd.get());
+  AtomicFile file(path);
+  file.write(&n, 8);
+  file.write(text);
+  for (std::size_t i = 0; i < tensors.size(); ++i)
+    if (sizes[i] > 0) file.write(tensors[i].data, sizes[i]);
+  file.commit();
 }
 
 // A validated safetensors file, mapped read-only. Copies share the mapping.

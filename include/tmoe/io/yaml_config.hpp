@@ -61,6 +61,7 @@ void for_each_section(Cfg& cfg, F&& f) {
   f("model", cfg.model);
   f("train", cfg.train);
   f("data", cfg.data);
+  f("checkpoint", cfg.checkpoint);
 }
 
 // Calls f(field) for every Field of section type S, in declaration order.
@@ -358,9 +359,10 @@ std::string format_value(const M& v) {
 //   train: {lr: 0.001, ...}
 //   data:  {corpus: ...}
 // on top of `base`; absent sections and keys keep base's values.
-inline Config load_config_file(const std::string& path, Config base = {}) {
+// load_config_text parses YAML already in memory; `path` only names it in errors (a
+// checkpoint's state file stores its config this way).
+inline Config load_config_text(const std::string& text, const std::string& path, Config base = {}) {
   using detail::cat;
-  const std::string text = detail::read_file(path);
   std::vector<YAML::Node> docs;
   try {
     docs = YAML::LoadAll(text);
@@ -420,6 +422,10 @@ inline Config load_config_file(const std::string& path, Config base = {}) {
     }
   }
   return cfg;
+}
+
+inline Config load_config_file(const std::string& path, Config base = {}) {
+  return load_config_text(detail::read_file(path), path, std::move(base));
 }
 
 // Applies one `section.key=value` (or `--section.key=value`) argument. The value is taken
