@@ -16,6 +16,8 @@ namespace tmoe {
 struct AdamW {
   static constexpr const char* name = "adamw";
   static constexpr int slots = 2;
+  // Checkpoint names of the state arrays (PyTorch's names for the same moments).
+  static constexpr const char* slot_names[slots] = {"exp_avg", "exp_avg_sq"};
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
 
   static AdamW from_config(const TrainConfig& t) { return AdamW{t.beta1, t.beta2, t.adam_eps}; }

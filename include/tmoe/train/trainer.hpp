@@ -76,8 +76,24 @@ class Trainer {
   }
 
   ModelImpl& model() { return model_; }
+  const ModelImpl& model() const { return model_; }
   const Config& config() const { return cfg_; }
+  Parallel& parallel() { return parallel_; }
   std::int64_t step() const { return step_; }
+  // Steps already taken; set by a resume, together with params and optimizer state.
+  void set_step(std::int64_t s) {
+    if (s < 0) throw Error(detail::cat("step ", s, " is negative"), "Trainer::set_step", "a step count >= 0");
+    step_ = s;
+  }
+
+  // Optimizer state: slot s (0 .. Opt::slots-1), laid out like the flat parameters.
+  static constexpr int optimizer_slots() { return Opt::slots; }
+  static constexpr const char* optimizer_name() { return Opt::name; }
+  static std::string optimizer_slot_name(int s) {
+    if constexpr (requires { Opt::slot_names[0]; }) return Opt::slot_names[s];
+    else return "slot" + std::to_string(s);
+  }
+  T* optimizer_state(int s) { return state_[s].data(); }
 
   // One optimizer step over grad_accum micro-batches (global indices step·A .. step·A+A-1).
   StepStats train_step(const BatchFn& batches) {

@@ -1,0 +1,200 @@
+#pragma once
+// A Trainer's checkpoint: everything restartable (DESIGN.md "Checkpoints"), by name.
+//
+//   model.safetensors      every parameter by registry name (PyTorch reads it as is)
+//   optimizer.safetensors  "<slot>.<parameter name>", e.g. exp_avg.layers.0.attn.qkv.weight
+//   state.json             step; the seed (every random draw is Philox(seed, step, site,
+//                          index), so seed + step are the whole RNG state); the data
+//                          position and the dataset's fingerprint; loss scale; precision,
+//                          optimizer and model names; the full config as YAML and the
+//                          hash of its model section; the library version
+//
+// Router biases and any other trained state live in the parameter registry, so they are
+// in model.safetensors by construction. Resuming checks, before anything is changed: the
+// model config equals the checkpoint's (else the tensors would not mean the same thing);
+// the data stream is the same (dataset fingerprint, seed, batch shape); the dtype of
+// every tensor equals the trainer's compute type. Differences in hyper-parameters that
+// only change the trajectory (lr, steps, ...) are allowed and reported, since the run is
+// then no longer identical to an uninterrupted one.
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tmoe/core/checksum.hpp"
+#include "tmoe/core/config.hpp"
+#include "tmoe/core/error.hpp"
+#include "tmoe/core/version.hpp"
+#include "tmoe/io/checkpoint.hpp"
+#include "tmoe/io/safetensors.hpp"
+#include "tmoe/io/yaml_config.hpp"
+
+namespace tmoe {
+
+struct ResumeInfo {
+  std::int64_t step = 0;
+  std::string folder;
+  std::vector<std::string> skipped;  // newer checkpoints that were invalid, and why
+  std::vector<std::string> changed;  // hyper-parameters that differ from the checkpoint's
+};
+
+namespace detail {
+
+template <class S>
+std::vector<std::string> differing_fields(const char* section, const S& a, const S& b) {
+  std::vector<std::string> out;
+  std::apply(
+      [&](const auto&... fld) {
+        ((a.*fld.member == b.*fld.member
+              ? void()
+              : out.push_back(cat(section, ".", fld.name, ": ", io::detail::format_value(b.*fld.member), " -> ",
+                                  io::detail::format_value(a.*fld.member)))),
+         ...);
+      },
+      S::fields());
+  return out;
+}
+
+inline std::string model_yaml(const ModelConfig& m) {
+  Config c;
+  c.model = m;
+  const std::string all = io::to_yaml(c);
+  return all.substr(0, all.find("\ntrain:"));
+}
+
+// Train fields that do not change what is computed.
+inline bool harmless_train_field(std::string_view f) {
+  for (const char* h : {"train.eval_interval", "train.eval_batches", "train.log_interval", "train.threads",
+                        "train.sample_tokens", "train.sample_temperature", "train.metrics_file", "train.save_weights",
+                        "train.time_limit_s"})
+    if (f.starts_with(std::string(h) + ":")) return true;
+  return false;
+}
+// Train fields that define the data stream: a resume cannot change them.
+inline bool data_stream_field(std::string_view f) {
+  for (const char* h : {"train.seed", "train.batch_size", "train.seq_len", "train.grad_accum"})
+    if (f.starts_with(std::string(h) + ":")) return true;
+  return false;
+}
+
+}  // namespace detail
+
+// Writes trainer's state as checkpoint `trainer.step()` in `dir`. `data_state` describes
+// the data stream (see ShardSampler: fingerprint, epoch, index); it is stored in
+// state.json and checked on resume.
+template <class Tr>
+std::string save_checkpoint(io::CheckpointDir& dir, Tr& trainer, const nlohmann::json& data_state) {
+  using T = typename Tr::T;
+  const auto& model = trainer.model();
+  const auto& reg = model.registry();
+  const Config& cfg = trainer.config();
+  const std::string dtype = std::is_same_v<T, float> ? "F32" : "F64";
+  return dir.save(trainer.step(), [&](const std::string& folder) {
+    const std::map<std::string, std::string> meta = {{"format", "tmoe"}, {"step", std::to_string(trainer.step())}};
+    io::save_params(folder + "/model.safetensors", reg, model.params(), meta);
+    std::vector<io::TensorRef> refs;
+    for (int s = 0; s < Tr::optimizer_slots(); ++s)
+      for (const ParamInfo& p : reg.params())
+        refs.push_back({Tr::optimizer_slot_name(s) + "." + p.name, dtype,
+                        std::vector<std::int64_t>(p.shape.dims.begin(), p.shape.dims.begin() + p.shape.rank),
+                        trainer.optimizer_state(s) + p.offset});
+    io::write_safetensors(folder + "/optimizer.safetensors", refs, meta);
+    nlohmann::json st;
+    st["step"] = trainer.step();
+    st["seed"] = cfg.train.seed;
+    st["rng"] = "philox4x32-10 keyed by (seed, step, site, index): seed and step are the whole state";
+    st["data"] = data_state;
+    st["loss_scale"] = 1.0;
+    st["dtype"] = dtype;
+    st["optimizer"] = Tr::optimizer_name();
+    st["parameters"] = reg.count();
+    st["config_yaml"] = io::to_yaml(cfg);
+    st["model_config_xxh64"] = xxh64(detail::model_yaml(cfg.model));
+    st["tmoe_version"] = kVersion;
+    io::write_file_atomic(folder + "/state.json", st.dump(2) + "\n");
+  });
+}
+
+// Loads the newest valid checkpoint of `dir` into trainer (params, optimizer state, step).
+// nullopt if `dir` holds no checkpoint. Nothing in trainer changes unless every check
+// passes. `data_state` is what the caller's sampler says now (its fingerprint must match).
+template <class Tr>
+std::optional<ResumeInfo> resume_checkpoint(const io::CheckpointDir& dir, Tr& trainer, const nlohmann::json& data_state) {
+  using T = typename Tr::T;
+  using detail::cat;
+  const auto found = dir.find_valid();
+  if (!found) return std::nullopt;
+  ResumeInfo info;
+  info.step = found->step;
+  info.folder = found->folder;
+  info.skipped = found->skipped;
+  const std::string state_path = found->folder + "/state.json";
+  const char* expected = "a checkpoint written by this trainer";
+  nlohmann::json st;
+  Config saved;
+  try {
+    std::ifstream in(state_path, std::ios::binary);
+    st = nlohmann::json::parse(in);
+    if (st.at("step").get<std::int64_t>() != found->step) throw Error("state.json names another step", state_path, expected);
+    saved = io::load_config_text(st.at("config_yaml").get<std::string>(), state_path + " (config_yaml)");
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(cat("state.json is malformed: ", e.what()), state_path, expected);
+  }
+  const Config& cfg = trainer.config();
+  const auto model_diff = detail::differing_fields("model", cfg.model, saved.model);
+  if (!model_diff.empty()) {
+    std::string all;
+    for (const auto& d : model_diff) all += "\n  " + d;
+    throw Error("the model config differs from the checkpoint's (checkpoint -> now):" + all, found->folder,
+                "the model config the checkpoint was trained with");
+  }
+  for (const std::string& d : detail::differing_fields("train", cfg.train, saved.train)) {
+    if (detail::data_stream_field(d))
+      throw Error("resuming with a changed " + d + " would change the data stream (checkpoint -> now)", found->folder,
+                  "the seed, batch_size, seq_len and grad_accum the checkpoint was trained with");
+    if (!detail::harmless_train_field(d)) info.changed.push_back(d);
+  }
+  const std::string dtype = std::is_same_v<T, float> ? "F32" : "F64";
+  if (st.value("dtype", "") != dtype)
+    throw Error(cat("checkpoint holds ", st.value("dtype", "?"), " tensors; this trainer computes in ", dtype), found->folder,
+                "a checkpoint of the same precision");
+  if (st.contains("data") && data_state.contains("fingerprint") && st["data"].contains("fingerprint") &&
+      st["data"]["fingerprint"] != data_state["fingerprint"])
+    throw Error(cat("the training data differ from the checkpoint's (dataset fingerprint ", st["data"]["fingerprint"].dump(),
+                    " there, ", data_state["fingerprint"].dump(), " now)"),
+                found->folder, "the dataset the checkpoint was trained on");
+
+  // Read everything into scratch first; the trainer changes only when all of it loaded.
+  auto& model = trainer.model();
+  const auto& reg = model.registry();
+  const auto model_file = io::SafetensorsFile::open(found->folder + "/model.safetensors");
+  const auto opt_file = io::SafetensorsFile::open(found->folder + "/optimizer.safetensors");
+  auto require_dtype = [&](const io::SafetensorsFile& f, const std::string& name) {
+    if (f.has(name) && f.info(name).dtype != dtype)
+      throw Error(cat("tensor has dtype ", f.info(name).dtype), f.path() + ": tensor '" + name + "'", dtype);
+  };
+  for (const ParamInfo& p : reg.params()) require_dtype(model_file, p.name);
+  std::vector<T> params(static_cast<std::size_t>(reg.total()));
+  io::load_params(model_file, reg, params.data());
+  std::vector<std::vector<T>> slots(static_cast<std::size_t>(Tr::optimizer_slots()));
+  for (int s = 0; s < Tr::optimizer_slots(); ++s) {
+    const std::string prefix = Tr::optimizer_slot_name(s) + ".";
+    for (const ParamInfo& p : reg.params()) require_dtype(opt_file, prefix + p.name);
+    slots[static_cast<std::size_t>(s)].assign(static_cast<std::size_t>(reg.total()), T(0));
+    io::load_params(opt_file, reg, slots[static_cast<std::size_t>(s)].data(), prefix);
+  }
+  std::size_t expected_tensors = reg.params().size() * static_cast<std::size_t>(Tr::optimizer_slots());
+  if (opt_file.names().size() != expected_tensors)
+    throw Error(cat("optimizer file holds ", opt_file.names().size(), " tensors"), opt_file.path(),
+                cat(expected_tensors, " (", Tr::optimizer_slots(), " slots x ", reg.params().size(), " parameters)"));
+
+  std::copy(params.begin(), params.end(), model.params());
+  for (int s = 0; s < Tr::optimizer_slots(); ++s)
+    std::copy(slots[static_cast<std::size_t>(s)].begin(), slots[static_cast<std::size_t>(s)].end(),
+              trainer.optimizer_state(s));
+  trainer.set_step(found->step);
+  return info;
+}
+
+}  // namespace tmoe
