@@ -1,20 +1,28 @@
-// train_moe_lm — trains a Mixture-of-Experts decoder LM on a text corpus (by default the
-// fortunes of Debian's `fortunes` package), byte-level, on the CPU.
+// train_moe_lm — trains a Mixture-of-Experts decoder LM on token shards prepared by
+// tmoe-prep (by default the fortunes of Debian's `fortunes` package), on the CPU, with
+// checkpoints it can be killed and resumed from.
 //
 //   train_moe_lm [--config FILE] [section.key=value ...]
 //
 // The model is composed at compile time below; every number comes from the config.
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include "tmoe/data/text_corpus.hpp"
+#include "tmoe/data/bpe.hpp"
+#include "tmoe/data/sampler.hpp"
+#include "tmoe/data/shards.hpp"
+#include "tmoe/io/checkpoint.hpp"
 #include "tmoe/io/safetensors.hpp"
 #include "tmoe/io/yaml_config.hpp"
 #include "tmoe/tmoe.hpp"
+#include "tmoe/train/checkpointing.hpp"
+#include "tmoe/train/signals.hpp"
 
 using namespace tmoe;
 
@@ -23,12 +31,6 @@ using Model = DecoderLM<Block, RmsNorm>;
 using Train = Trainer<Model, AdamW, Fp32, Serial, backend::Cpu>;
 
 namespace {
-
-std::string printable(const std::vector<std::int32_t>& toks) {
-  std::string s;
-  for (auto t : toks) s += static_cast<char>(t);
-  return s;
-}
 
 // Min and max expert load over all MoE layers, as a multiple of the mean load.
 std::pair<double, double> load_spread(const StepStats& st) {
@@ -46,10 +48,53 @@ std::pair<double, double> load_spread(const StepStats& st) {
   return {lo > hi ? 0 : lo, hi};
 }
 
+// Unigram entropy (nats/token) of the training shards: the loss of a model that knows
+// only token frequencies.
+double unigram_entropy(const data::TokenDataset& ds) {
+  std::vector<std::uint64_t> counts(ds.manifest.vocab_size, 0);
+  std::uint64_t n = 0;
+  std::vector<std::int32_t> buf(1 << 16);
+  for (const auto& s : ds.train)
+    for (std::uint64_t at = 0; at < s.size(); at += buf.size()) {
+      const std::uint64_t len = std::min<std::uint64_t>(buf.size(), s.size() - at);
+      s.copy(at, len, buf.data());
+      for (std::uint64_t i = 0; i < len; ++i) ++counts[static_cast<std::size_t>(buf[i])];
+      n += len;
+    }
+  double h = 0;
+  for (auto c : counts)
+    if (c) h -= static_cast<double>(c) / static_cast<double>(n) * std::log(static_cast<double>(c) / static_cast<double>(n));
+  return h;
+}
+
+// Turns tokens back into text: bytes, or the dataset's BPE tokenizer.
+struct Detokenizer {
+  std::optional<data::BpeTokenizer> bpe;
+  std::string operator()(const std::vector<std::int32_t>& toks) const {
+    if (bpe) return bpe->decode(toks);
+    std::string s;
+    for (auto t : toks) s += static_cast<char>(t);
+    return s;
+  }
+  std::vector<std::int32_t> encode(const std::string& text) const {
+    if (bpe) return bpe->encode(text);
+    return {text.begin(), text.end()};
+  }
+};
+
+nlohmann::json data_state(const data::TokenDataset& ds, const data::ShardSampler& sampler, std::int64_t micro_batches) {
+  const auto pos = sampler.position(micro_batches);
+  return {{"fingerprint", ds.fingerprint()}, {"folder", ds.folder}, {"epoch", pos.epoch}, {"window_in_epoch", pos.index},
+          {"windows_per_epoch", sampler.train_windows()}};
+}
+
 int run(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
-      std::printf("usage: train_moe_lm [--config FILE] [section.key=value ...]\n\nkeys:\n%s",
+      std::printf("usage: train_moe_lm [--config FILE] [section.key=value ...]\n\n"
+                  "Trains on the token shards in data.shards (written by tmoe-prep). With checkpoint.dir set,\n"
+                  "writes a checkpoint every checkpoint.interval steps, at the end and on SIGTERM/SIGINT, and\n"
+                  "resumes from the newest valid one (checkpoint.resume=auto).\n\nkeys:\n%s",
                   io::describe_fields().c_str());
       return 0;
     }
@@ -58,16 +103,32 @@ int run(int argc, char** argv) {
   set_threads(static_cast<int>(tc.threads));
 
   const auto t_load = std::chrono::steady_clock::now();
-  const data::TextCorpus corpus = data::load_text_corpus(cfg.data.corpus, cfg.data.val_fraction);
-  data::require_tokens(corpus, tc.seq_len + 1);
-  if (cfg.model.vocab_size < 256)
-    throw Error(detail::cat("vocab_size ", cfg.model.vocab_size, " cannot hold byte tokens"), "model.vocab_size",
-                ">= 256 for a byte-level corpus");
-  const double entropy = data::unigram_entropy(corpus.train);
-  std::printf("corpus %s: %zu files, %zu train records (%zu bytes), %zu validation records (%zu bytes)\n",
-              cfg.data.corpus.c_str(), corpus.files, corpus.records_train, corpus.train.size(), corpus.records_val,
-              corpus.val.size());
-  std::printf("unigram entropy of the training bytes: %.4f nats/byte (target val loss <= 0.65 x = %.4f)\n", entropy,
+  if (cfg.data.shards.empty())
+    throw Error("no token shards given", "data.shards",
+                "a folder written by tmoe-prep, e.g. `tmoe-prep --out data/fortunes` then data.shards=data/fortunes");
+  const data::TokenDataset ds = data::TokenDataset::open(cfg.data.shards);
+  if (ds.manifest.vocab_size > static_cast<std::uint64_t>(cfg.model.vocab_size))
+    throw Error(detail::cat("the dataset's vocabulary has ", ds.manifest.vocab_size, " tokens, the model's ",
+                            cfg.model.vocab_size),
+                "model.vocab_size", detail::cat(">= ", ds.manifest.vocab_size));
+  Detokenizer detok;
+  if (!ds.manifest.tokenizer_file.empty())
+    detok.bpe = data::BpeTokenizer::load((std::filesystem::path(ds.folder) / ds.manifest.tokenizer_file).string());
+  const data::ShardSampler sampler(ds, tc.seed, tc.batch_size, tc.seq_len);
+  const std::int64_t eval_count = std::min<std::int64_t>(tc.eval_batches, sampler.eval_batches_available());
+  if (eval_count == 0)
+    throw Error(detail::cat("the validation shards hold ", sampler.val_windows(), " windows of ", tc.seq_len + 1,
+                            " tokens, fewer than one batch of ", tc.batch_size),
+                cfg.data.shards, "a larger validation split (tmoe-prep --val-fraction) or a smaller batch");
+  const double entropy = unigram_entropy(ds);
+  std::uint64_t train_tokens = 0, val_tokens = 0;
+  for (const auto& s : ds.manifest.train) train_tokens += s.tokens;
+  for (const auto& s : ds.manifest.val) val_tokens += s.tokens;
+  std::printf("data %s: %s tokens (vocabulary %llu), %llu train tokens in %zu shards (%llu windows), %llu val tokens\n",
+              ds.folder.c_str(), detok.bpe ? "BPE" : "byte", static_cast<unsigned long long>(ds.manifest.vocab_size),
+              static_cast<unsigned long long>(train_tokens), ds.train.size(),
+              static_cast<unsigned long long>(sampler.train_windows()), static_cast<unsigned long long>(val_tokens));
+  std::printf("unigram entropy of the training tokens: %.4f nats/token (target val loss <= 0.65 x = %.4f)\n", entropy,
               0.65 * entropy);
 
   Train trainer(cfg);
@@ -76,41 +137,79 @@ int run(int argc, char** argv) {
               Block::name, CausalAttention<Rope>::name, Rope::name, MoE<SwiGLU, TopK>::name, SwiGLU::name, TopK::name,
               RmsNorm::name, static_cast<long long>(model.registry().count()),
               static_cast<double>(model.registry().count()) / 1e6, threads());
-  std::printf("training: %lld steps x %lld micro-batches x (%lld x %lld) tokens, lr %.2g, warm-up %.0f%%\n",
-              static_cast<long long>(tc.steps), static_cast<long long>(tc.grad_accum),
-              static_cast<long long>(tc.batch_size), static_cast<long long>(tc.seq_len), tc.lr,
-              100 * tc.warmup_fraction);
 
-  const data::BatchSampler train_sampler(corpus.train, tc.seed, tc.batch_size, tc.seq_len);
-  const data::BatchSampler val_sampler(corpus.val, tc.seed, tc.batch_size, tc.seq_len);
-  const std::int64_t eval_count = std::min<std::int64_t>(tc.eval_batches, val_sampler.eval_batches_available());
-  BatchFn train_batches = [&](std::int64_t i, std::int32_t* in, std::int32_t* tg) { train_sampler.train_batch(i, in, tg); };
-  BatchFn val_batches = [&](std::int64_t i, std::int32_t* in, std::int32_t* tg) { val_sampler.eval_batch(i, in, tg); };
+  // Checkpoints: resume first, so that everything below starts from the restored step.
+  std::optional<io::CheckpointDir> ckpt;
+  bool resumed = false;
+  if (!cfg.checkpoint.dir.empty()) {
+    ckpt.emplace(cfg.checkpoint.dir, cfg.checkpoint.keep);
+    if (cfg.checkpoint.resume == "never") {
+      if (!ckpt->steps().empty())
+        throw Error("checkpoint.resume=never but the directory already holds checkpoints", cfg.checkpoint.dir,
+                    "an empty or new checkpoint.dir (or resume=auto)");
+    } else if (auto info = resume_checkpoint(*ckpt, trainer, data_state(ds, sampler, 0)); info) {
+      for (const auto& s : info->skipped) std::printf("skipping invalid checkpoint %s\n", s.c_str());
+      if (!info->skipped.empty()) std::printf("falling back to the newest valid checkpoint\n");
+      for (const auto& c : info->changed)
+        std::printf("note: %s differs from the checkpoint's; the run is no longer identical to an uninterrupted one\n",
+                    c.c_str());
+      std::printf("resumed from %s at step %lld\n", info->folder.c_str(), static_cast<long long>(info->step));
+      resumed = true;
+    } else if (cfg.checkpoint.resume == "required") {
+      throw Error("checkpoint.resume=required but there is no checkpoint", cfg.checkpoint.dir, "a checkpoint directory");
+    }
+  }
+  const std::int64_t first = trainer.step();
+  if (first >= tc.steps) {
+    std::printf("the checkpoint is at step %lld of %lld: nothing left to train\n", static_cast<long long>(first),
+                static_cast<long long>(tc.steps));
+  } else {
+    std::printf("training: steps %lld..%lld x %lld micro-batches x (%lld x %lld) tokens, lr %.2g, warm-up %.0f%%\n",
+                static_cast<long long>(first + 1), static_cast<long long>(tc.steps),
+                static_cast<long long>(tc.grad_accum), static_cast<long long>(tc.batch_size),
+                static_cast<long long>(tc.seq_len), tc.lr, 100 * tc.warmup_fraction);
+  }
+
+  BatchFn train_batches = [&](std::int64_t i, std::int32_t* in, std::int32_t* tg) { sampler.train_batch(i, in, tg); };
+  BatchFn val_batches = [&](std::int64_t i, std::int32_t* in, std::int32_t* tg) { sampler.eval_batch(i, in, tg); };
+  auto save = [&](const char* why) {
+    if (!ckpt) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string folder =
+        save_checkpoint(*ckpt, trainer, data_state(ds, sampler, trainer.step() * tc.grad_accum));
+    std::printf("checkpoint %s (%s) in %.2f s\n", folder.c_str(), why,
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    std::fflush(stdout);
+  };
 
   std::ofstream metrics;
   if (!tc.metrics_file.empty()) {
-    metrics.open(tc.metrics_file, std::ios::trunc);
+    // A resumed run continues the same metrics file.
+    metrics.open(tc.metrics_file, resumed ? std::ios::app : std::ios::trunc);
     if (!metrics) throw Error("cannot open the metrics file for writing", tc.metrics_file, "a writable path");
   }
+  std::optional<StopSignals> stop;
+  if (cfg.checkpoint.on_signal) stop.emplace();
 
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
   auto t_int = t0;
   std::int64_t tok_int = 0;
   double val = std::nan(""), loss_acc = 0;
-  std::int64_t loss_n = 0, last = 0;
-  std::printf("%6s %10s %10s %9s %9s %9s %14s\n", "step", "train", "val", "lr", "gnorm", "tok/s", "load min/max");
-  for (std::int64_t s = 0; s < tc.steps; ++s) {
+  std::int64_t loss_n = 0;
+  if (first < tc.steps)
+    std::printf("%6s %10s %10s %9s %9s %9s %14s\n", "step", "train", "val", "lr", "gnorm", "tok/s", "load min/max");
+  for (std::int64_t s = first; s < tc.steps; ++s) {
     const StepStats st = trainer.train_step(train_batches);
     loss_acc += st.ce;
     ++loss_n;
     tok_int += st.tokens;
-    last = s + 1;
     const bool final_step = s + 1 == tc.steps;
     const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
     const bool out_of_time = tc.time_limit_s > 0 && elapsed > tc.time_limit_s;
+    const bool stopping = stop && stop->requested();
     if ((s + 1) % tc.eval_interval == 0 || final_step || out_of_time) val = trainer.evaluate(val_batches, eval_count);
-    if ((s + 1) % tc.log_interval == 0 || final_step || out_of_time) {
+    if ((s + 1) % tc.log_interval == 0 || final_step || out_of_time || stopping) {
       const auto now = Clock::now();
       const double tps = static_cast<double>(tok_int) / std::chrono::duration<double>(now - t_int).count();
       const auto [lo, hi] = load_spread(st);
@@ -136,24 +235,33 @@ int run(int argc, char** argv) {
       loss_acc = 0;
       loss_n = 0;
     }
+    if (stopping) {
+      std::printf("%s received after step %lld: writing a checkpoint and stopping\n",
+                  stop->signal() == SIGTERM ? "SIGTERM" : "SIGINT", static_cast<long long>(s + 1));
+      save("stop signal");
+      if (!ckpt) std::printf("no checkpoint.dir set: nothing saved\n");
+      return 0;
+    }
+    if ((s + 1) % cfg.checkpoint.interval == 0 || final_step) save(final_step ? "end of training" : "interval");
     if (out_of_time) {
       std::printf("time limit of %.0f s reached after %lld steps\n", tc.time_limit_s, static_cast<long long>(s + 1));
+      save("time limit");
       break;
     }
   }
   const double train_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::printf("\ntrained %lld steps in %.1f s (setup %.1f s)\n", static_cast<long long>(last), train_s,
-              std::chrono::duration<double>(t0 - t_load).count());
-  std::printf("final validation loss %.4f nats/byte = %.3f x unigram entropy %.4f (%s 0.65)\n", val, val / entropy,
+  if (std::isnan(val)) val = trainer.evaluate(val_batches, eval_count);
+  std::printf("\ntrained steps %lld..%lld in %.1f s (setup %.1f s)\n", static_cast<long long>(first + 1),
+              static_cast<long long>(trainer.step()), train_s, std::chrono::duration<double>(t0 - t_load).count());
+  std::printf("final validation loss %.4f nats/token = %.3f x unigram entropy %.4f (%s 0.65)\n", val, val / entropy,
               entropy, val / entropy <= 0.65 ? "<=" : ">");
   if (!tc.save_weights.empty()) {
     io::save_params(tc.save_weights, model.registry(), model.params(), {{"format", "tmoe"}});
     std::printf("weights written to %s\n", tc.save_weights.c_str());
   }
   const std::string prompt_text = "The ";
-  std::vector<std::int32_t> prompt(prompt_text.begin(), prompt_text.end());
-  const auto out = trainer.generate(prompt, tc.sample_tokens, tc.sample_temperature, tc.seed);
-  std::printf("\nsample (temperature %.2f):\n%s%s\n", tc.sample_temperature, prompt_text.c_str(), printable(out).c_str());
+  const auto out = trainer.generate(detok.encode(prompt_text), tc.sample_tokens, tc.sample_temperature, tc.seed);
+  std::printf("\nsample (temperature %.2f):\n%s%s\n", tc.sample_temperature, prompt_text.c_str(), detok(out).c_str());
   return 0;
 }
 

@@ -130,7 +130,7 @@ BOOST_AUTO_TEST_CASE(non_scalar_values_in_a_file) {
   run_file_cases({
       {"sequence", "train:\n  steps: [1, 2]\n", {"train.steps is a sequence", "a single value", ":2:10"}},
       {"mapping", "train:\n  steps: {a: 1}\n", {"train.steps is a mapping"}},
-      {"block_sequence", "data:\n  corpus:\n    - a.txt\n    - b.txt\n", {"data.corpus is a sequence"}},
+      {"block_sequence", "data:\n  shards:\n    - a\n    - b\n", {"data.shards is a sequence"}},
   });
 }
 

@@ -77,7 +77,8 @@ BOOST_AUTO_TEST_CASE(defaults_come_from_the_structs) {
   BOOST_TEST(loaded.train.seed == 1234u);
   BOOST_TEST(loaded.train.lr == 3e-3);
   BOOST_TEST(loaded.train.metrics_file.empty());
-  BOOST_TEST(loaded.data.corpus == "/usr/share/games/fortunes");
+  BOOST_TEST(loaded.data.shards.empty());
+  BOOST_TEST(loaded.checkpoint.interval == 1000);
   BOOST_CHECK_NO_THROW(loaded.validate());
   check_same(tmoe::io::load_config(0, nullptr), Config{});
 }
@@ -102,9 +103,12 @@ train:
   lr: 0.0003
   metrics_file: "runs/metrics.jsonl"
   save_weights:
+  min_lr_ratio: '0.1'
 data:
-  corpus: /data/my corpus.txt
-  val_fraction: '0.1'
+  shards: /data/my shards
+checkpoint:
+  keep: 5
+  resume: never
 )");
   Config base;
   base.train.steps = 77;
@@ -125,8 +129,10 @@ data:
   BOOST_TEST(cfg.train.lr == 0.0003);
   BOOST_TEST(cfg.train.metrics_file == "runs/metrics.jsonl");
   BOOST_TEST(cfg.train.save_weights.empty());  // an empty value clears a string
-  BOOST_TEST(cfg.data.corpus == "/data/my corpus.txt");
-  BOOST_TEST(cfg.data.val_fraction == 0.1);
+  BOOST_TEST(cfg.data.shards == "/data/my shards");
+  BOOST_TEST(cfg.train.min_lr_ratio == 0.1);
+  BOOST_TEST(cfg.checkpoint.keep == 5);
+  BOOST_TEST(cfg.checkpoint.resume == "never");
   // Keys the file does not mention keep the base's values.
   BOOST_TEST(cfg.train.steps == 77);
   BOOST_TEST(cfg.model.vocab_size == Config{}.model.vocab_size);
@@ -158,7 +164,7 @@ BOOST_AUTO_TEST_CASE(overrides_apply_after_the_file_in_order) {
       } else {
         a.push_back(flag + path);
       }
-      for (const char* o : {"--train.lr=0.25", "train.steps=7", "train.steps=9", "data.corpus=a=b c"}) a.push_back(o);
+      for (const char* o : {"--train.lr=0.25", "train.steps=7", "train.steps=9", "data.shards=a=b c"}) a.push_back(o);
       std::vector<const char*> argv;
       for (const auto& s : a) argv.push_back(s.c_str());
       const Config cfg = tmoe::io::load_config(static_cast<int>(argv.size()), argv.data());
@@ -166,7 +172,7 @@ BOOST_AUTO_TEST_CASE(overrides_apply_after_the_file_in_order) {
       BOOST_TEST(cfg.train.steps == 9);
       BOOST_TEST(cfg.model.d_model == 128);    // from the file
       BOOST_TEST(cfg.model.n_heads == 4);
-      BOOST_TEST(cfg.data.corpus == "a=b c");  // the value is everything after the first '='
+      BOOST_TEST(cfg.data.shards == "a=b c");  // the value is everything after the first '='
     }
   }
 }
@@ -179,15 +185,15 @@ BOOST_AUTO_TEST_CASE(override_of_every_type) {
   tmoe::io::apply_override(cfg, "model.gelu_exact=on");
   tmoe::io::apply_override(cfg, "model.tie_embeddings=False");
   tmoe::io::apply_override(cfg, "train.metrics_file=out/m.jsonl");
-  tmoe::io::apply_override(cfg, "data.corpus=");
-  tmoe::io::apply_override(cfg, "data.corpus=a: b # not yaml");
+  tmoe::io::apply_override(cfg, "data.shards=");
+  tmoe::io::apply_override(cfg, "data.shards=a: b # not yaml");
   BOOST_TEST(cfg.model.n_layers == 12);
   BOOST_TEST(cfg.train.seed == std::numeric_limits<std::uint64_t>::max());
   BOOST_TEST(cfg.train.lr == -1e-3);
   BOOST_TEST(cfg.model.gelu_exact);
   BOOST_TEST(!cfg.model.tie_embeddings);
   BOOST_TEST(cfg.train.metrics_file == "out/m.jsonl");
-  BOOST_TEST(cfg.data.corpus == "a: b # not yaml");
+  BOOST_TEST(cfg.data.shards == "a: b # not yaml");
 }
 
 BOOST_AUTO_TEST_CASE(to_yaml_round_trips_every_field) {
@@ -252,7 +258,7 @@ BOOST_AUTO_TEST_CASE(describe_fields_has_one_line_per_key) {
   BOOST_TEST(line_of("train.seed").find("(unsigned integer)") != std::string::npos);
   BOOST_TEST(line_of("model.d_model").find("(integer)") != std::string::npos);
   BOOST_TEST(line_of("model.tie_embeddings").find("(bool)") != std::string::npos);
-  BOOST_TEST(line_of("data.corpus").find("(string)") != std::string::npos);
+  BOOST_TEST(line_of("data.shards").find("(string)") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(validate_names_the_field) {

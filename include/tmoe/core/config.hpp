@@ -175,20 +175,13 @@ struct TrainConfig {
 };
 
 struct DataConfig {
-  std::string shards;                                 // a folder written by tmoe-prep; wins over corpus
-  std::string corpus = "/usr/share/games/fortunes";  // file or folder of fortune files / text
-  double val_fraction = 0.05;                         // every 1/val_fraction-th record is held out
+  std::string shards;  // a dataset folder written by tmoe-prep
 
   static constexpr auto fields() {
     using C = DataConfig;
-    return std::make_tuple(field("shards", &C::shards, "token-shard folder written by tmoe-prep (empty: use corpus)"),
-                           field("corpus", &C::corpus, "text file or folder, read as bytes when shards is empty"),
-                           field("val_fraction", &C::val_fraction, "share of records held out for validation"));
+    return std::make_tuple(field("shards", &C::shards, "token-shard folder written by tmoe-prep"));
   }
-  void validate() const {
-    if (!(val_fraction > 0 && val_fraction < 0.5))
-      throw Error("val_fraction out of range", "data.val_fraction", "a value in (0, 0.5)");
-  }
+  void validate() const {}
 };
 
 // Checkpoints (DESIGN.md "Checkpoints"): a directory of committed step-NNNNNNNN folders

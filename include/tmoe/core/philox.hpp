@@ -20,6 +20,7 @@ enum class Site : std::uint32_t {
   kSample = 3,      // text sampling
   kRouterNoise = 4,
   kDropout = 5,
+  kAugment = 6,     // data augmentation noise: token = record index
   kTest = 100,
 };
 
