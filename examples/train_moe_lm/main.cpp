@@ -14,7 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "tmoe/data/active_learning.hpp"
 #include "tmoe/data/bpe.hpp"
+#include "tmoe/data/records.hpp"
 #include "tmoe/data/sampler.hpp"
 #include "tmoe/data/shards.hpp"
 #include "tmoe/io/checkpoint.hpp"
@@ -78,7 +80,8 @@ struct Detokenizer {
   }
   std::vector<std::int32_t> encode(const std::string& text) const {
     if (bpe) return bpe->encode(text);
-    return {text.begin(), text.end()};
+    const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+    return {p, p + text.size()};
   }
 };
 
@@ -98,7 +101,26 @@ int run(int argc, char** argv) {
                   io::describe_fields().c_str());
       return 0;
     }
-  const Config cfg = io::load_config(argc, argv);
+  // Active learning: --select SPEC [--top N] [--criterion entropy|loss] --out FILE ranks the
+  // records of SPEC by the trained model's uncertainty instead of training.
+  std::string select_spec;
+  data::ActiveLearningConfig select;
+  std::vector<const char*> rest = {argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw Error(a + " needs a value", "command line", a + " VALUE");
+      return argv[++i];
+    };
+    if (a == "--select") select_spec = value();
+    else if (a == "--top") select.top_n = io::detail::parse_value<std::int64_t>(value(), "--top", "command line");
+    else if (a == "--criterion") select.criterion = value();
+    else if (a == "--out") select.output = value();
+    else rest.push_back(argv[i]);
+  }
+  if (select_spec.empty() && rest.size() != static_cast<std::size_t>(argc))
+    throw Error("--top, --criterion and --out belong to --select", "command line", "--select SPEC --out FILE");
+  const Config cfg = io::load_config(static_cast<int>(rest.size()), rest.data());
   const auto& tc = cfg.train;
   set_threads(static_cast<int>(tc.threads));
 
@@ -158,6 +180,39 @@ int run(int argc, char** argv) {
     } else if (cfg.checkpoint.resume == "required") {
       throw Error("checkpoint.resume=required but there is no checkpoint", cfg.checkpoint.dir, "a checkpoint directory");
     }
+  }
+  if (!select_spec.empty()) {
+    if (!resumed) throw Error("--select needs a trained model", "checkpoint.dir", "a directory with a checkpoint");
+    if (select.output.empty()) throw Error("--select without --out", "command line", "--out FILE.jsonl");
+    const auto records = data::ingest(std::vector<std::string>{select_spec});
+    std::vector<data::TextRecord> texts;
+    for (const auto& r : records) texts.push_back({r.id, r.text});
+    const std::int64_t ctx = cfg.model.context, v = cfg.model.vocab_size;
+    // Mean over all tokens of a record, in windows of the model's context.
+    auto scorer = [&](std::string_view text) {
+      const auto ids = detok.encode(std::string(text));
+      data::UncertaintyScore total{0, 0, 0};
+      for (std::size_t at = 0; at + 1 < ids.size(); at += static_cast<std::size_t>(ctx)) {
+        const std::size_t len = std::min<std::size_t>(static_cast<std::size_t>(ctx), ids.size() - 1 - at);
+        model.forward(ids.data() + at, nullptr, 1, static_cast<std::int64_t>(len));
+        const auto u = data::sequence_uncertainty(model.logits(), len, static_cast<std::size_t>(v),
+                                                  std::span<const std::int32_t>(ids.data() + at + 1, len));
+        total.loss += u.loss * static_cast<double>(u.tokens);
+        total.entropy += u.entropy * static_cast<double>(u.tokens);
+        total.tokens += u.tokens;
+      }
+      if (total.tokens) {
+        total.loss /= static_cast<double>(total.tokens);
+        total.entropy /= static_cast<double>(total.tokens);
+      }
+      return total;
+    };
+    const auto top = data::select_for_labelling(texts, scorer, select);
+    std::printf("scored %zu records of %s by %s; the %zu most uncertain are in %s\n", texts.size(), select_spec.c_str(),
+                select.criterion.c_str(), top.size(), select.output.c_str());
+    for (std::size_t i = 0; i < std::min<std::size_t>(5, top.size()); ++i)
+      std::printf("  %.4f  %s\n", top[i].score, top[i].id.c_str());
+    return 0;
   }
   const std::int64_t first = trainer.step();
   if (first >= tc.steps) {
