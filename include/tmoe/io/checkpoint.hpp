@@ -19,6 +19,7 @@
 // valid only if its manifest parses and every listed file exists with the listed size and
 // checksum; an invalid one is reported and skipped, so a corrupt newest checkpoint falls
 // back to the previous valid one, and says so.
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -44,23 +45,32 @@ namespace tmoe::io {
 
 inline constexpr const char* kCheckpointManifest = "MANIFEST.json";
 
-// The xxh64 and size of a whole file, read in 1 MiB blocks.
+// The xxh64 and size of a whole file.
 struct FileDigest {
   std::uint64_t size = 0, xxh64 = 0;
 };
+// The xxh64 and size of a whole file, read in 4 MiB blocks (measured faster here than a
+// mapping, whose page faults cost more than the copy, and than a buffered stream).
 inline FileDigest digest_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot be opened for reading", path, "a readable file");
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error("cannot be opened for reading: " + detail::errno_text(), path, "a readable file");
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  std::vector<char> buf(std::size_t{4} << 20);
   Xxh64 h;
-  std::vector<char> buf(1 << 20);
   FileDigest d;
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    const auto got = static_cast<std::size_t>(in.gcount());
-    h.update(buf.data(), got);
-    d.size += got;
+  for (;;) {
+    const ::ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int e = errno;
+      ::close(fd);
+      throw Error("read error: " + detail::errno_text(e), path, "a readable file");
+    }
+    h.update(buf.data(), static_cast<std::size_t>(n));
+    d.size += static_cast<std::uint64_t>(n);
   }
-  if (in.bad()) throw Error("read error", path, "a readable file");
+  ::close(fd);
   d.xxh64 = h.digest();
   return d;
 }

@@ -70,6 +70,11 @@ struct TensorInfo {
 namespace detail {
 
 inline constexpr const char* kDtypeList = "one of F32, F64, I32, I64, BF16, F16, U8";
+// Limits of what open() parses: the header length (the one the safetensors reference
+// implementation enforces), and JSON nesting (a valid header nests 3 deep; nlohmann's
+// dump(), used in error messages, recurses once per level).
+inline constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
+inline constexpr int kMaxHeaderDepth = 64;
 
 // Bytes per element of a safetensors dtype; 0 for a dtype tmoe does not know.
 inline std::size_t dtype_size(std::string_view dtype) {
@@ -360,6 +365,9 @@ inline SafetensorsFile SafetensorsFile::open(const std::string& path) {
     throw Error("header length " + std::to_string(n) + " runs past the end of the " + std::to_string(size) +
                     "-byte file (truncated file, or not a safetensors file)",
                 path, "a header length of at most " + std::to_string(size - 8));
+  if (n > detail::kMaxHeaderBytes)
+    throw Error("header length " + std::to_string(n) + " is over the limit", path,
+                "a JSON header of at most " + std::to_string(detail::kMaxHeaderBytes) + " bytes");
   f.data_ = base + 8 + n;
   const std::uint64_t data_size = size - 8 - n;
 
@@ -370,6 +378,9 @@ inline SafetensorsFile SafetensorsFile::open(const std::string& path) {
   try {
     const char* text = reinterpret_cast<const char*>(base + 8);
     h = json::parse(text, text + n, [&](int depth, json::parse_event_t ev, json& v) {
+      if (depth > detail::kMaxHeaderDepth)
+        throw Error("header nests JSON more than " + std::to_string(detail::kMaxHeaderDepth) + " levels deep", path,
+                    "a header of tensor entries {dtype, shape, data_offsets}");
       if (depth == 1 && ev == json::parse_event_t::key && !keys.insert(v.get<std::string>()).second && duplicate.empty())
         duplicate = v.get<std::string>();
       return true;
@@ -431,6 +442,13 @@ inline SafetensorsFile SafetensorsFile::open(const std::string& path) {
     if (!detail::byte_count(e.info.shape, elem, bytes))
       throw Error("shape " + detail::shape_str(e.info.shape) + " of " + e.info.dtype + " needs more than 2^64 bytes",
                   where, std::to_string(e.end - e.begin) + " bytes, as data_offsets " + jo.dump() + " say");
+    // TensorInfo::numel() must not overflow either, even where a later dimension is 0.
+    std::int64_t numel = 1;
+    for (auto d : e.info.shape)
+      if (__builtin_mul_overflow(numel, d, &numel))
+        throw Error("the product of the dimensions of shape " + detail::shape_str(e.info.shape) +
+                        " overflows a 64-bit element count",
+                    where, "dimensions whose running product stays below 2^63");
     if (bytes != e.end - e.begin)
       throw Error("data_offsets " + jo.dump() + " span " + std::to_string(e.end - e.begin) + " bytes, but shape " +
                       detail::shape_str(e.info.shape) + " of " + e.info.dtype + " needs a different size",
@@ -485,9 +503,9 @@ void save_params(const std::string& path, const ParamRegistry& registry, const T
 // Checks first that each parameter is present with the registry's shape and a
 // floating-point dtype, and that the file holds no tensor under `prefix` that the model
 // lacks; `flat` is written only after all checks pass.
-template <class T>
-  requires std::floating_point<T>
-void load_params(const SafetensorsFile& file, const ParamRegistry& registry, T* flat, const std::string& prefix = "") {
+// check_params makes every check of load_params without reading anything, so a caller
+// that loads several files can check them all before changing any state.
+inline void check_params(const SafetensorsFile& file, const ParamRegistry& registry, const std::string& prefix = "") {
   std::vector<std::string> missing;
   for (auto& p : registry.params())
     if (!file.has(prefix + p.name)) missing.push_back(prefix + p.name);
@@ -517,6 +535,12 @@ void load_params(const SafetensorsFile& file, const ParamRegistry& registry, T* 
                   "only the model's " + std::to_string(registry.size()) + " parameters" +
                       (prefix.empty() ? std::string() : " under prefix '" + prefix + "'"));
   }
+}
+
+template <class T>
+  requires std::floating_point<T>
+void load_params(const SafetensorsFile& file, const ParamRegistry& registry, T* flat, const std::string& prefix = "") {
+  check_params(file, registry, prefix);
   for (auto& p : registry.params()) file.read_into(prefix + p.name, flat + p.offset);
 }
 

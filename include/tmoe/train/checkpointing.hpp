@@ -165,34 +165,30 @@ std::optional<ResumeInfo> resume_checkpoint(const io::CheckpointDir& dir, Tr& tr
                     " there, ", data_state["fingerprint"].dump(), " now)"),
                 found->folder, "the dataset the checkpoint was trained on");
 
-  // Read everything into scratch first; the trainer changes only when all of it loaded.
+  // Check every tensor of both files first; the trainer changes only once all checks pass
+  // (reading a validated, mapped file cannot fail), so no scratch copy is needed.
   auto& model = trainer.model();
   const auto& reg = model.registry();
   const auto model_file = io::SafetensorsFile::open(found->folder + "/model.safetensors");
   const auto opt_file = io::SafetensorsFile::open(found->folder + "/optimizer.safetensors");
-  auto require_dtype = [&](const io::SafetensorsFile& f, const std::string& name) {
-    if (f.has(name) && f.info(name).dtype != dtype)
-      throw Error(cat("tensor has dtype ", f.info(name).dtype), f.path() + ": tensor '" + name + "'", dtype);
+  auto check = [&](const io::SafetensorsFile& f, const std::string& prefix) {
+    io::check_params(f, reg, prefix);
+    for (const ParamInfo& p : reg.params())
+      if (f.info(prefix + p.name).dtype != dtype)
+        throw Error(cat("tensor has dtype ", f.info(prefix + p.name).dtype), f.path() + ": tensor '" + prefix + p.name + "'",
+                    dtype);
   };
-  for (const ParamInfo& p : reg.params()) require_dtype(model_file, p.name);
-  std::vector<T> params(static_cast<std::size_t>(reg.total()));
-  io::load_params(model_file, reg, params.data());
-  std::vector<std::vector<T>> slots(static_cast<std::size_t>(Tr::optimizer_slots()));
-  for (int s = 0; s < Tr::optimizer_slots(); ++s) {
-    const std::string prefix = Tr::optimizer_slot_name(s) + ".";
-    for (const ParamInfo& p : reg.params()) require_dtype(opt_file, prefix + p.name);
-    slots[static_cast<std::size_t>(s)].assign(static_cast<std::size_t>(reg.total()), T(0));
-    io::load_params(opt_file, reg, slots[static_cast<std::size_t>(s)].data(), prefix);
-  }
-  std::size_t expected_tensors = reg.params().size() * static_cast<std::size_t>(Tr::optimizer_slots());
+  check(model_file, "");
+  for (int s = 0; s < Tr::optimizer_slots(); ++s) check(opt_file, Tr::optimizer_slot_name(s) + ".");
+  const std::size_t expected_tensors = reg.params().size() * static_cast<std::size_t>(Tr::optimizer_slots());
   if (opt_file.names().size() != expected_tensors)
     throw Error(cat("optimizer file holds ", opt_file.names().size(), " tensors"), opt_file.path(),
                 cat(expected_tensors, " (", Tr::optimizer_slots(), " slots x ", reg.params().size(), " parameters)"));
 
-  std::copy(params.begin(), params.end(), model.params());
+  for (const ParamInfo& p : reg.params()) model_file.read_into(p.name, model.params() + p.offset);
   for (int s = 0; s < Tr::optimizer_slots(); ++s)
-    std::copy(slots[static_cast<std::size_t>(s)].begin(), slots[static_cast<std::size_t>(s)].end(),
-              trainer.optimizer_state(s));
+    for (const ParamInfo& p : reg.params())
+      opt_file.read_into(Tr::optimizer_slot_name(s) + "." + p.name, trainer.optimizer_state(s) + p.offset);
   trainer.set_step(found->step);
   return info;
 }
