@@ -19,6 +19,7 @@
 // lower-casing use small built-in tables, not the full Unicode database; see
 // utf8::to_lower and utf8::is_letter for what they cover.
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -34,6 +35,7 @@
 #include "tmoe/core/checksum.hpp"
 #include "tmoe/core/config.hpp"
 #include "tmoe/core/error.hpp"
+#include "tmoe/core/threading.hpp"
 #include "tmoe/data/records.hpp"
 
 namespace tmoe::data {
@@ -212,6 +214,7 @@ struct StageReport {
   std::map<std::string, std::size_t> dropped;                // reason -> records
   std::map<std::string, std::size_t> counts;                 // stage-specific counters
   std::map<std::string, std::vector<std::string>> examples;  // reason -> first ids dropped
+  double seconds = 0;                                        // wall time of the stage (set by Pipeline)
 
   static constexpr std::size_t kExamples = 3;
   void drop(const std::string& reason, const Record& r, const std::string& note = {}) {
@@ -257,7 +260,9 @@ class Pipeline {
   std::vector<StageReport> run(std::vector<Record>& records) const {
     std::vector<StageReport> reports;
     for (const auto& s : stages_) {
+      const auto t0 = std::chrono::steady_clock::now();
       StageReport r = s->apply(records);
+      r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (r.stage.empty()) r.stage = s->name();
       reports.push_back(std::move(r));
     }
@@ -663,7 +668,10 @@ class NearDedup : public Stage {
 
   std::vector<std::uint64_t> signature(std::string_view text) const {
     std::vector<std::uint64_t> sig(salts_.size(), ~std::uint64_t{0});
-    for (std::uint64_t h : shingles(text))
+    std::vector<std::uint64_t> sh = shingles(text);
+    std::sort(sh.begin(), sh.end());  // a repeated shingle changes no minimum
+    sh.erase(std::unique(sh.begin(), sh.end()), sh.end());
+    for (std::uint64_t h : sh)
       for (std::size_t i = 0; i < salts_.size(); ++i)
         sig[i] = std::min(sig[i], clean_detail::minhash_mix(h ^ salts_[i]));
     return sig;
@@ -686,8 +694,13 @@ class NearDedup : public Stage {
     std::size_t candidates = 0;
     std::vector<std::uint64_t> keys(bands);
     std::vector<std::uint32_t> cands;
+    // Signatures are independent per record: computed in parallel, then matched in order.
+    std::vector<std::vector<std::uint64_t>> sigs(records.size());
+    parallel_for(static_cast<std::int64_t>(records.size()),
+                 [&](std::int64_t i) { sigs[static_cast<std::size_t>(i)] = signature(records[static_cast<std::size_t>(i)].text); });
+    std::size_t next = 0;
     clean_detail::filter_records(records, rep, [&](const Record& r, std::string& note) -> std::string {
-      auto sig = signature(r.text);
+      auto sig = std::move(sigs[next++]);
       cands.clear();
       for (std::size_t b = 0; b < bands; ++b) {
         keys[b] = xxh64(sig.data() + b * rows, rows * sizeof(std::uint64_t), b);
@@ -744,6 +757,7 @@ inline std::string format_report(const std::vector<StageReport>& reports) {
     if (r.records_added) out += cat(", added ", r.records_added);
     if (r.records_changed) out += cat(", changed ", r.records_changed);
     out += cat("), bytes ", r.bytes_in, " -> ", r.bytes_kept);
+    if (r.seconds > 0) out += cat(", ", static_cast<double>(static_cast<long long>(r.seconds * 1000)) / 1000, " s");
     const char* sep = "; dropped: ";
     for (const auto& [reason, n] : r.dropped) out += cat(sep, reason, " ", n), sep = ", ";
     sep = "; ";
@@ -765,7 +779,8 @@ inline nlohmann::json to_json(const StageReport& r) {
           {"bytes_dropped", r.bytes_dropped},
           {"dropped", r.dropped},
           {"counts", r.counts},
-          {"examples", r.examples}};
+          {"examples", r.examples},
+          {"seconds", r.seconds}};
 }
 
 }  // namespace tmoe::data
