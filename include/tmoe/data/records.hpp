@@ -22,6 +22,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <cstring>
+#include <iterator>
+#include <fstream>
 #include <span>
 #include <string>
 #include <string_view>
@@ -32,7 +35,6 @@
 #include <nlohmann/json.hpp>
 
 #include "tmoe/core/error.hpp"
-#include "tmoe/data/text_corpus.hpp"  // detail::read_file, detail::is_text, detail::is_blank
 
 namespace tmoe::data {
 
@@ -67,6 +69,23 @@ inline std::string source_spec_help() {
 
 namespace records_detail {
 
+inline bool is_blank(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+  });
+}
+
+inline std::string read_file(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error("cannot be opened for reading", file.string(), "a readable text file");
+  std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  if (in.bad()) throw Error("could not be read to the end", file.string(), "a readable text file");
+  return text;
+}
+
+// A file holding a NUL byte is binary, not text.
+inline bool is_text(std::string_view text) { return std::memchr(text.data(), '\0', text.size()) == nullptr; }
+
 inline const char* source_kind_name(SourceKind k) {
   switch (k) {
     case SourceKind::kText: return "text";
@@ -95,7 +114,7 @@ inline std::string json_type(const nlohmann::json& v) {
 
 // Calls emit(record) for each record between lines that are exactly `delim` (or `delim`
 // followed by '\r'); a record loses the line end of its last line. With delim "%" this is
-// text_corpus.hpp's split_records.
+// the fortune(6) format.
 template <class Emit>
 void split_delimited(std::string_view text, std::string_view delim, Emit&& emit) {
   auto finish = [&](std::size_t begin, std::size_t end) {
@@ -192,7 +211,7 @@ inline void read_jsonl(const SourceSpec& s, const std::string& file, std::string
     const std::size_t nl = text.find('\n', begin);
     std::string_view line = text.substr(begin, (nl == std::string_view::npos ? text.size() : nl) - begin);
     begin = nl == std::string_view::npos ? text.size() : nl + 1;
-    if (detail::is_blank(line)) continue;
+    if (records_detail::is_blank(line)) continue;
     const std::string where = cat(file, ":", line_no);
     json obj;
     try {
@@ -316,8 +335,8 @@ inline SourceReport read_source(const SourceSpec& s, std::vector<Record>& out) {
   const auto files = records_detail::source_files(spec, rep, is_folder);
   for (const auto& path : files) {
     const std::string file = path.string();
-    const std::string text = detail::read_file(path);
-    if (!detail::is_text(text)) {
+    const std::string text = records_detail::read_file(path);
+    if (!records_detail::is_text(text)) {
       if (!is_folder) throw Error("is not a text file (it contains a NUL byte)", file, "a UTF-8 text file");
       ++rep.skipped_binary;
       continue;
