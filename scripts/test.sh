@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quick start 2: installs what is missing, builds everything and runs the whole test suite
-# (every CTest label but gpu), then lists the slowest tests.
+# (every CTest label but gpu), then lists the slowest tests. With TMOE_FUZZ_SECONDS=N (CI
+# sets 60) it then runs each libFuzzer target for N seconds (scripts/fuzz.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh" test
@@ -20,4 +21,7 @@ rc=0
 ctest --output-on-failure --label-exclude gpu -j "$(nproc)" || rc=$?
 echo "slowest tests (s):"
 awk 'NF==3 {printf "  %8.2f  %s\n", $3, $1}' Testing/Temporary/CTestCostData.txt 2>/dev/null | sort -rn | head -10
+if [ "$rc" -eq 0 ] && [ "${TMOE_FUZZ_SECONDS:-0}" -gt 0 ]; then
+  bash "$root/scripts/fuzz.sh" "$TMOE_FUZZ_SECONDS" || rc=$?
+fi
 exit $rc

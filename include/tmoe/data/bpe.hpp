@@ -72,6 +72,7 @@
 
 #include "tmoe/core/checksum.hpp"
 #include "tmoe/core/error.hpp"
+#include "tmoe/io/atomic_file.hpp"
 #include "tmoe/core/threading.hpp"
 
 namespace tmoe::data {
@@ -406,36 +407,54 @@ inline bool parse_int(std::string_view s, std::int64_t lo, std::int64_t hi, std:
 
 template <class Where>
 void check_specials(const std::vector<std::string>& specials, Where&& where) {
+  std::unordered_map<std::string_view, std::size_t> seen;
   for (std::size_t i = 0; i < specials.size(); ++i) {
     const std::string& s = specials[i];
     if (s.empty()) throw Error("special token is empty", where(i), "a non-empty token");
     if (s.size() > kMaxSpecialBytes)
       throw Error(::tmoe::detail::cat("special token is ", s.size(), " bytes long"), where(i),
                   ::tmoe::detail::cat("at most ", kMaxSpecialBytes, " bytes"));
-    for (std::size_t j = 0; j < i; ++j)
-      if (specials[j] == s)
-        throw Error("duplicate special token " + quote(s) + " (also special token " + std::to_string(j) + ")",
-                    where(i), "distinct special tokens");
+    const auto [it, fresh] = seen.emplace(s, i);
+    if (!fresh)
+      throw Error("duplicate special token " + quote(s) + " (also special token " + std::to_string(it->second) + ")",
+                  where(i), "distinct special tokens");
   }
 }
 
-// Merge r must join two ids defined before it and differ from every earlier merge.
-template <class Where>
-void check_merge(const std::vector<BpeMerge>& merges, std::size_t r,
-                 std::unordered_map<std::uint64_t, std::size_t>& seen, Where&& where) {
-  const BpeMerge m = merges[r];
-  const std::int64_t limit = 256 + static_cast<std::int64_t>(r);
-  for (std::int32_t id : {m.left, m.right})
-    if (id < 0 || id >= limit)
-      throw Error(::tmoe::detail::cat("merge ", r, " (creating id ", limit, ") references id ", id,
-                                      ", which is not defined before it"),
-                  where(r), ::tmoe::detail::cat("ids in [0, ", limit, ")"));
-  const auto [it, fresh] = seen.emplace(pair_key(m.left, m.right), r);
-  if (!fresh)
-    throw Error(::tmoe::detail::cat("duplicate merge (", m.left, ", ", m.right, "): the same pair is merge ",
-                                    it->second, " (", where(it->second), ")"),
-                where(r), "every pair merged once");
-}
+// Checks merges in order: merge r must join two ids defined before it, differ from every
+// earlier merge, and make a token no longer than max_chunk_bytes (a longer one could never
+// apply, and a crafted file could otherwise double a token's length at every merge).
+class MergeChecker {
+ public:
+  explicit MergeChecker(std::int64_t max_chunk_bytes) : max_chunk_(max_chunk_bytes), length_(256, 1) {}
+
+  template <class Where>
+  void check(const std::vector<BpeMerge>& merges, std::size_t r, Where&& where) {
+    const BpeMerge m = merges[r];
+    const std::int64_t limit = 256 + static_cast<std::int64_t>(r);
+    for (std::int32_t id : {m.left, m.right})
+      if (id < 0 || id >= limit)
+        throw Error(::tmoe::detail::cat("merge ", r, " (creating id ", limit, ") references id ", id,
+                                        ", which is not defined before it"),
+                    where(r), ::tmoe::detail::cat("ids in [0, ", limit, ")"));
+    const auto [it, fresh] = seen_.emplace(pair_key(m.left, m.right), r);
+    if (!fresh)
+      throw Error(::tmoe::detail::cat("duplicate merge (", m.left, ", ", m.right, "): the same pair is merge ",
+                                      it->second, " (", where(it->second), ")"),
+                  where(r), "every pair merged once");
+    const std::int64_t n = length_[static_cast<std::size_t>(m.left)] + length_[static_cast<std::size_t>(m.right)];
+    if (n > max_chunk_)
+      throw Error(::tmoe::detail::cat("merge ", r, " makes a token of ", n, " bytes, longer than max_chunk_bytes ",
+                                      max_chunk_, ": it could never apply"),
+                  where(r), ::tmoe::detail::cat("tokens of at most ", max_chunk_, " bytes"));
+    length_.push_back(n);
+  }
+
+ private:
+  std::int64_t max_chunk_;
+  std::vector<std::int64_t> length_;  // bytes of each id so far
+  std::unordered_map<std::uint64_t, std::size_t> seen_;
+};
 
 inline void check_options(const BpeTrainOptions& o) {
   check_specials(o.special_tokens, [](std::size_t i) { return ::tmoe::detail::cat("BpeTrainOptions.special_tokens[", i, "]"); });
@@ -454,55 +473,8 @@ inline void check_options(const BpeTrainOptions& o) {
 
 inline std::string errno_text() { return std::strerror(errno); }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
-
-// Writes `bytes` to path + ".tmp", fsyncs it and renames it over `path`: `path` holds the
-// previous file or the complete new one, never a part.
-inline void write_file_atomic(const std::string& path, std::string_view bytes) {
-  const std::string tmp = path + ".tmp";
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0) throw Error("could not create the file: " + errno_text(), tmp);
-  try {
-    const char* c = bytes.data();
-    std::size_t n = bytes.size();
-    while (n > 0) {
-      const ::ssize_t w = ::write(fd.get(), c, std::min<std::size_t>(n, std::size_t{1} << 30));
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        throw Error("could not write: " + errno_text(), tmp);
-      }
-      c += w;
-      n -= static_cast<std::size_t>(w);
-    }
-    if (::fsync(fd.get()) != 0) throw Error("could not flush the file to disk: " + errno_text(), tmp);
-    if (::close(fd.release()) != 0) throw Error("could not close the file: " + errno_text(), tmp);
-    if (::rename(tmp.c_str(), path.c_str()) != 0)
-      throw Error("could not rename " + tmp + " to the final name: " + errno_text(), path);
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  Fd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dfd.get() >= 0) (void)::fsync(dfd.get());  // best effort: the rename itself durable
-}
-
 inline std::string read_file(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  io::detail::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) throw Error("could not open the tokenizer file: " + errno_text(), path, "a readable tmoe-bpe file");
   struct ::stat st {};
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode))
@@ -552,10 +524,9 @@ class BpeTokenizer {
     if (static_cast<std::int64_t>(merges.size() + special_tokens.size()) + 256 > bpe_detail::kMaxVocab)
       throw Error(::tmoe::detail::cat(merges.size(), " merges and ", special_tokens.size(), " special tokens"),
                   "BpeTokenizer::from_merges", ::tmoe::detail::cat("a vocabulary of at most ", bpe_detail::kMaxVocab));
-    std::unordered_map<std::uint64_t, std::size_t> seen;
+    bpe_detail::MergeChecker checker(max_chunk_bytes);
     for (std::size_t r = 0; r < merges.size(); ++r)
-      bpe_detail::check_merge(merges, r, seen,
-                              [](std::size_t i) { return ::tmoe::detail::cat("BpeTokenizer::from_merges, merge ", i); });
+      checker.check(merges, r, [](std::size_t i) { return ::tmoe::detail::cat("BpeTokenizer::from_merges, merge ", i); });
     bpe_detail::check_specials(
         special_tokens, [](std::size_t i) { return ::tmoe::detail::cat("BpeTokenizer::from_merges, special token ", i); });
     return BpeTokenizer(std::move(merges), std::move(special_tokens), static_cast<std::int32_t>(max_chunk_bytes));
@@ -568,7 +539,7 @@ class BpeTokenizer {
   static BpeTokenizer parse(std::string_view text, const std::string& source);
 
   // Writes the file format above atomically (temp file, fsync, rename).
-  void save(const std::string& path) const { bpe_detail::write_file_atomic(path, to_text()); }
+  void save(const std::string& path) const { io::write_file_atomic(path, to_text()); }
   std::string to_text() const;
 
   std::int32_t vocab_size() const { return 256 + num_merges() + static_cast<std::int32_t>(specials_.size()); }
@@ -639,7 +610,7 @@ class BpeTokenizer {
  private:
   friend class BpeTrainer;
   static constexpr std::size_t kParallelMinBytes = 1 << 18;  // shorter texts: one thread
-  static constexpr std::size_t kPieceBytes = 1 << 17;        // at least this much per thread
+  static constexpr std::size_t kPieceBytes = 1 << 17;        // at least this much per piece
 
   BpeTokenizer(std::vector<BpeMerge> merges, std::vector<std::string> specials, std::int32_t max_chunk)
       : merges_(std::move(merges)), specials_(std::move(specials)), max_chunk_(max_chunk) {
@@ -774,10 +745,12 @@ inline std::size_t BpeTokenizer::encode_into(std::string_view text, std::span<st
   }
   const int nt = threads();
   if (nt < 2 || text.size() < kParallelMinBytes) return encode_serial(text, out.data());
-  // Piece k is encoded into out at its own byte offset (it has no more ids than bytes), then
-  // the pieces are moved together.
+  // Up to 8 pieces per thread (pieces are claimed dynamically, so a descheduled thread
+  // delays the call by one piece, not half the text; the chunk caches are per thread, so
+  // more pieces cost no extra cache misses). Piece k is encoded into out at its own byte
+  // offset (it has no more ids than bytes), then the pieces are moved together.
   const auto b = bpe_detail::split_points(
-      text, std::min<std::size_t>(static_cast<std::size_t>(nt), text.size() / kPieceBytes));
+      text, std::min<std::size_t>(8 * static_cast<std::size_t>(nt), text.size() / kPieceBytes));
   const std::size_t pieces = b.size() - 1;
   std::vector<std::size_t> count(pieces);
   parallel_for(static_cast<std::int64_t>(pieces), [&](std::int64_t k) {
@@ -903,8 +876,7 @@ inline BpeTokenizer BpeTokenizer::parse(std::string_view text, const std::string
 
   std::vector<BpeMerge> merges(static_cast<std::size_t>(n_merges));
   const std::size_t first_merge_line = line + 1;
-  std::unordered_map<std::uint64_t, std::size_t> seen;
-  seen.reserve(merges.size());
+  bpe_detail::MergeChecker checker(max_chunk);
   for (std::size_t r = 0; r < merges.size(); ++r) {
     std::string_view l;
     next_line(l);
@@ -916,7 +888,7 @@ inline BpeTokenizer BpeTokenizer::parse(std::string_view text, const std::string
       throw Error(cat("expected a merge '<left id> <right id>' but found ", quote(l)), at(line),
                   "two decimal ids separated by one space");
     merges[r] = {static_cast<std::int32_t>(a), static_cast<std::int32_t>(b)};
-    bpe_detail::check_merge(merges, r, seen, [&](std::size_t i) { return at(first_merge_line + i); });
+    checker.check(merges, r, [&](std::size_t i) { return at(first_merge_line + i); });
   }
   return BpeTokenizer(std::move(merges), std::move(specials), static_cast<std::int32_t>(max_chunk));
 }

@@ -158,7 +158,9 @@ class TokenShard {
     using detail::cat;
     TokenShard s;
     s.path_ = path;
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: a FIFO must not block open() until a writer comes (it is then refused
+    // as not a regular file); it changes nothing for a regular file.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) throw Error(cat("cannot open token shard: ", std::strerror(errno)), path, "a readable shard file");
     struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

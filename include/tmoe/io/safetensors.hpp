@@ -135,20 +135,6 @@ S load_le(const std::byte* p) {
 }
 
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
 
 // A read-only private mapping of a whole file; shared by copies of a SafetensorsFile.
 class Mapping {
@@ -346,7 +332,9 @@ inline SafetensorsFile SafetensorsFile::open(const std::string& path) {
   using nlohmann::json;
   SafetensorsFile f;
   f.path_ = path;
-  detail::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not a
+  // regular file); it changes nothing for a regular file.
+  detail::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (fd.get() < 0) throw Error("could not open the file: " + detail::errno_text(), path);
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) throw Error("could not stat the file: " + detail::errno_text(), path);

@@ -18,8 +18,10 @@
 //  - bools: true/false, yes/no, on/off, each in lower case, Capitalised or UPPER case —
 //    the spellings YAML 1.1 (and yaml-cpp) treat as booleans, so a file written for
 //    another YAML tool reads the same here; anything else (`maybe`, `1`, `y`) is an error;
-//  - strings: the text as written; in a YAML file an empty or null value (`key:`, `~`)
-//    is the empty string, which the string fields use to mean "none".
+//  - strings: the text as written, which must be valid UTF-8 (YAML holds Unicode text
+//    only, so other bytes would not survive to_yaml, e.g. into a checkpoint); in a YAML
+//    file an empty or null value (`key:`, `~`) is the empty string, which the string
+//    fields use to mean "none".
 // A command-line value is taken verbatim (it is not parsed as YAML), so
 // `data.corpus=a: b` sets the corpus to "a: b".
 #include <algorithm>
@@ -42,6 +44,7 @@
 #include <utility>
 #include <vector>
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include "tmoe/core/config.hpp"
@@ -129,6 +132,33 @@ inline bool is_bool_word(std::string_view text, std::string_view word) {
   return text == word || text == cap || text == up;
 }
 
+// The offset of the first byte of `s` that does not start a valid UTF-8 sequence (RFC
+// 3629: no overlong forms, surrogates or code points above U+10FFFF), or npos.
+inline std::size_t invalid_utf8_at(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    std::size_t n = 0;              // continuation bytes
+    unsigned char lo = 0x80, hi = 0xBF;  // range of the first continuation byte
+    if (c < 0x80) n = 0;
+    else if (c >= 0xC2 && c <= 0xDF) n = 1;
+    else if (c == 0xE0) n = 2, lo = 0xA0;
+    else if (c == 0xED) n = 2, hi = 0x9F;
+    else if (c >= 0xE1 && c <= 0xEF) n = 2;
+    else if (c == 0xF0) n = 3, lo = 0x90;
+    else if (c == 0xF4) n = 3, hi = 0x8F;
+    else if (c >= 0xF1 && c <= 0xF3) n = 3;
+    else return i;
+    if (s.size() - i - 1 < n) return i;
+    for (std::size_t k = 1; k <= n; ++k) {
+      const unsigned char b = static_cast<unsigned char>(s[i + k]);
+      if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF)) return i;
+    }
+    i += n + 1;
+  }
+  return std::string_view::npos;
+}
+
 // Parses `text` into a value of the field's type or throws, naming the key and value.
 template <class M>
 M parse_value(std::string_view text, const std::string& key, const std::string& where) {
@@ -137,6 +167,9 @@ M parse_value(std::string_view text, const std::string& key, const std::string& 
     return Error(cat(key, ": '", text, "' ", why), where, expected_value<M>());
   };
   if constexpr (std::is_same_v<M, std::string>) {
+    if (const std::size_t bad = invalid_utf8_at(text); bad != std::string_view::npos)
+      throw Error(cat(key, ": byte ", bad + 1, " of the value is not valid UTF-8"), where,
+                  "UTF-8 text (a config is YAML, which holds Unicode text only)");
     return std::string(text);
   } else if (text.empty()) {
     throw Error(cat(key, " has no value"), where, expected_value<M>());
@@ -312,9 +345,51 @@ inline const char* node_kind(const YAML::Node& n) {
   }
 }
 
+// Parse events, ignored but for where the second document starts (load_config_text).
+struct DocumentCounter : YAML::EventHandler {
+  int started = 0;
+  YAML::Mark second = YAML::Mark::null_mark();
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (++started == 2) second = mark;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
 inline std::string file_where(const std::string& path, const YAML::Mark& mark) {
   if (mark.is_null()) return path;
   return cat(path, ":", mark.line + 1, ":", mark.column + 1);
+}
+
+// The one YAML document in `text` (null if there is none), or an error naming `path`.
+inline YAML::Node load_one_document(const std::string& text, const std::string& path) {
+  try {
+    // A second document would be ignored by a reader that loads only the first. They are
+    // counted first, stopping at two, instead of using YAML::LoadAll: on text after a
+    // top-level flow collection (`{a: 1},`) yaml-cpp 0.7 and 0.8 return an empty document
+    // per call forever without advancing, and LoadAll allocates until memory runs out
+    // (jbeder/yaml-cpp#1040).
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    DocumentCounter counter;
+    int documents = 0;
+    while (documents < 2 && parser.HandleNextDocument(counter)) ++documents;
+    if (documents > 1)
+      throw Error("file holds 2 YAML documents or more; the second starts here (after '---', or with text "
+                  "past the end of the first)",
+                  file_where(path, counter.second), "one document");
+    return documents == 1 ? YAML::Load(text) : YAML::Node();
+  } catch (const YAML::ParserException& e) {
+    throw Error(cat("YAML syntax error: ", e.msg), file_where(path, e.mark), "a valid YAML document");
+  } catch (const YAML::Exception& e) {
+    throw Error(cat("YAML error: ", e.what()), path, "a valid YAML document");
+  }
 }
 
 inline std::string read_file(const std::string& path) {
@@ -363,18 +438,8 @@ std::string format_value(const M& v) {
 // checkpoint's state file stores its config this way).
 inline Config load_config_text(const std::string& text, const std::string& path, Config base = {}) {
   using detail::cat;
-  std::vector<YAML::Node> docs;
-  try {
-    docs = YAML::LoadAll(text);
-  } catch (const YAML::ParserException& e) {
-    throw Error(cat("YAML syntax error: ", e.msg), detail::file_where(path, e.mark), "a valid YAML document");
-  } catch (const YAML::Exception& e) {
-    throw Error(cat("YAML error: ", e.what()), path, "a valid YAML document");
-  }
-  // A second document would be ignored by a reader that loads only the first.
-  if (docs.size() > 1) throw Error(cat("file holds ", docs.size(), " YAML documents"), path, "one document");
-  if (docs.empty() || docs[0].IsNull()) return base;  // an empty file (or only comments) changes nothing
-  const YAML::Node root = docs[0];
+  const YAML::Node root = detail::load_one_document(text, path);
+  if (root.IsNull()) return base;  // an empty file (or only comments) changes nothing
   if (!root.IsMap())
     throw Error(cat("the top level is ", detail::node_kind(root)), detail::file_where(path, root.Mark()),
                 cat("a mapping of the sections ", detail::join(detail::section_names())));
