@@ -306,8 +306,9 @@ int run(int argc, char** argv) {
   }
   const double train_s = std::chrono::duration<double>(Clock::now() - t0).count();
   if (std::isnan(val)) val = trainer.evaluate(val_batches, eval_count);
-  std::printf("\ntrained steps %lld..%lld in %.1f s (setup %.1f s)\n", static_cast<long long>(first + 1),
-              static_cast<long long>(trainer.step()), train_s, std::chrono::duration<double>(t0 - t_load).count());
+  if (trainer.step() > first)
+    std::printf("\ntrained steps %lld..%lld in %.1f s (setup %.1f s)\n", static_cast<long long>(first + 1),
+                static_cast<long long>(trainer.step()), train_s, std::chrono::duration<double>(t0 - t_load).count());
   std::printf("final validation loss %.4f nats/token = %.3f x unigram entropy %.4f (%s 0.65)\n", val, val / entropy,
               entropy, val / entropy <= 0.65 ? "<=" : ">");
   if (!tc.save_weights.empty()) {

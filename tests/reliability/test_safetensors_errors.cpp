@@ -313,6 +313,7 @@ BOOST_AUTO_TEST_CASE(writer_leaves_no_tmp_and_rejects_bad_input) {
       {{{"", "F32", {1}, x.data()}}, "name is empty"},
       {{{"__metadata__", "F32", {1}, x.data()}}, "reserved"},
       {{{"x", "F32", {std::int64_t{1} << 62, 8}, x.data()}}, "too large"},
+      {{{"x", "U8", {std::int64_t{1} << 32, (std::int64_t{1} << 32) - 1, 0}, x.data()}}, "overflows a 64-bit element count"},
   };
   for (auto& [refs, says] : bad) {
     BOOST_TEST_CONTEXT(says) {

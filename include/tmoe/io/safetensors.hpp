@@ -182,6 +182,13 @@ inline void write_safetensors(const std::string& path, const std::vector<TensorR
     std::uint64_t bytes = 0;
     if (!detail::byte_count(t.shape, elem, bytes) || bytes > std::numeric_limits<std::uint64_t>::max() - offset)
       throw Error("tensor of shape " + detail::shape_str(t.shape) + " is too large", where, "a size below 2^64 bytes");
+    // What the reader refuses, the writer does not write: a running element count past 2^63.
+    std::int64_t numel = 1;
+    for (auto d : t.shape)
+      if (__builtin_mul_overflow(numel, d, &numel))
+        throw Error("the product of the dimensions of shape " + detail::shape_str(t.shape) +
+                        " overflows a 64-bit element count",
+                    where, "dimensions whose running product stays below 2^63");
     if (bytes > 0 && t.data == nullptr) throw Error("data pointer is null", where, "a pointer to " + std::to_string(bytes) + " bytes");
     auto& e = header[t.name] = nlohmann::ordered_json::object();
     e["dtype"] = t.dtype;
