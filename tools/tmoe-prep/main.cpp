@@ -237,17 +237,28 @@ int prepare(const std::vector<std::string>& args) {
                                static_cast<std::uint64_t>(prep.max_shard_tokens));
     t = std::chrono::steady_clock::now();
     std::size_t bytes = 0, tokens = 0;
-    std::vector<std::int32_t> ids;
-    for (int split = 0; split < 2; ++split)
-      for (const auto& r : split == 0 ? train : val) {
-        const std::string text = r.text + prep.separator;
-        if (bpe) ids = bpe->encode(text);
-        else ids.assign(reinterpret_cast<const unsigned char*>(text.data()),
-                        reinterpret_cast<const unsigned char*>(text.data()) + text.size());
-        writer.add(split == 0 ? data::DatasetWriter::kTrain : data::DatasetWriter::kVal, ids);
-        bytes += text.size();
-        tokens += ids.size();
+    // Records are encoded in parallel a block at a time, then written in order: the shards
+    // do not depend on the thread count.
+    constexpr std::size_t kBlock = 4096;
+    std::vector<std::vector<std::int32_t>> ids(kBlock);
+    for (int split = 0; split < 2; ++split) {
+      const auto& recs = split == 0 ? train : val;
+      for (std::size_t b0 = 0; b0 < recs.size(); b0 += kBlock) {
+        const std::size_t n = std::min(kBlock, recs.size() - b0);
+        parallel_for(static_cast<std::int64_t>(n), [&](std::int64_t i) {
+          const std::string text = recs[b0 + static_cast<std::size_t>(i)].text + prep.separator;
+          auto& out = ids[static_cast<std::size_t>(i)];
+          if (bpe) out = bpe->encode(text);
+          else out.assign(reinterpret_cast<const unsigned char*>(text.data()),
+                          reinterpret_cast<const unsigned char*>(text.data()) + text.size());
+        });
+        for (std::size_t i = 0; i < n; ++i) {
+          writer.add(split == 0 ? data::DatasetWriter::kTrain : data::DatasetWriter::kVal, ids[i]);
+          bytes += recs[b0 + i].text.size() + prep.separator.size();
+          tokens += ids[i].size();
+        }
       }
+    }
     const double s = seconds_since(t);
     report["encode"] = {{"seconds", s}, {"bytes", bytes}, {"tokens", tokens},
                         {"bytes_per_token", static_cast<double>(bytes) / static_cast<double>(std::max<std::size_t>(1, tokens))}};
