@@ -8,6 +8,8 @@
 #    it logged for every step.
 # 3. SIGTERM: the program writes a checkpoint at the step it was on and exits 0; resuming
 #    finishes the run identically.
+# 4. A full disk (a 64 KiB file-size limit): the next checkpoint fails with a clear error,
+#    exit status 2, and the previous checkpoint stays intact and current.
 set -euo pipefail
 bin=$1 shards=$2 work=$3
 rm -rf "$work" && mkdir -p "$work"
@@ -90,4 +92,16 @@ fi
   fail "resume after SIGTERM failed"
 same "$work/ref" "$work/term"
 diff <(losses "$work/ref.jsonl") <(losses "$work/term.jsonl") > /dev/null || fail "logged losses differ after SIGTERM"
-echo "PASS: SIGKILL x $kills and SIGTERM both resume bitwise identically"
+
+# 4. Full disk: continue the reference run by 2 steps under `ulimit -f 64`.
+cp -r "$work/ref" "$work/full"
+status=0
+(ulimit -f 64; exec "$bin" "${tiny[@]}" train.steps=$((steps + 2)) checkpoint.dir="$work/full" \
+   checkpoint.interval=1 > "$work/full.log" 2>&1) || status=$?
+[ "$status" -eq 2 ] || { cat "$work/full.log"; fail "full disk: exit status $status, expected 2"; }
+grep -q "file too large" "$work/full.log" || { cat "$work/full.log"; fail "full disk: no clear error"; }
+grep "file too large" "$work/full.log"
+[ "$(cat "$work/full/latest")" = "step-$(printf %08d $steps)" ] || fail "full disk: latest moved"
+same "$work/ref" "$work/full"
+if ls -a "$work/full" | grep -q '\.tmp-'; then fail "full disk: a temporary folder was left behind"; fi
+echo "PASS: SIGKILL x $kills and SIGTERM both resume bitwise identically; a full disk leaves the last checkpoint intact"

@@ -232,7 +232,7 @@ BOOST_AUTO_TEST_CASE(full_disk_leaves_the_previous_checkpoint_intact) {
       save_checkpoint(dir, t, kData);
     } catch (const Error& e) {
       const std::string m = e.what();
-      ::_exit(m.find("file too large") != std::string::npos && m.find("previous file is unchanged") != std::string::npos
+      ::_exit(m.find("file too large") != std::string::npos && m.find("previous checkpoints are unchanged") != std::string::npos
                   ? 0
                   : 4);
     } catch (...) {

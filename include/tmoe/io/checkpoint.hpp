@@ -152,9 +152,10 @@ class CheckpointDir {
       fs::rename(tmp, final_path);
       fsync_dir(root_);
       fs::remove_all(old, ec);
-    } catch (const Error&) {
+    } catch (const Error& e) {
       fs::remove_all(tmp, ec);
-      throw;
+      throw Error(tmoe::detail::cat("checkpoint of step ", step, " not written: ", e.problem()), e.where(),
+                  "room on the disk and a writable directory; the previous checkpoints are unchanged");
     } catch (const std::exception& e) {
       fs::remove_all(tmp, ec);
       throw Error(std::string("cannot write the checkpoint: ") + e.what(), final_path.string(),
