@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -169,6 +170,52 @@ BOOST_AUTO_TEST_CASE(truncation_and_bit_flips_anywhere_are_caught) {
   }
   Train r(config());
   BOOST_TEST(resume_checkpoint(dir, r, kData)->step == 1);
+}
+
+// A checkpoint whose files were rewritten consistently (manifest updated) but hold a
+// tensor of the wrong shape, a missing tensor or a foreign one: the loader's own checks.
+BOOST_AUTO_TEST_CASE(consistent_but_wrong_tensors_are_refused) {
+  TempDir tmp;
+  io::CheckpointDir dir(tmp.file("ckpt"), 1);
+  Train t(config());
+  run(t, 1);
+  const std::string folder = save_checkpoint(dir, t, kData);
+  const std::string model = folder + "/model.safetensors", manifest = folder + "/MANIFEST.json";
+  const Bytes good_model = read_bytes(model), good_manifest = read_bytes(manifest);
+  // Rewrites model.safetensors from its tensors after edit(refs), and reseals the manifest.
+  auto rewrite = [&](auto edit) {
+    write_bytes(model, good_model);
+    const auto f = io::SafetensorsFile::open(model);
+    std::vector<std::vector<float>> data;
+    std::vector<io::TensorRef> refs;
+    for (const auto& name : f.names()) {
+      data.push_back(f.read<float>(name));
+      refs.push_back({name, "F32", f.info(name).shape, nullptr});
+    }
+    for (std::size_t i = 0; i < refs.size(); ++i) refs[i].data = data[i].data();
+    edit(refs);
+    io::write_safetensors(model, refs);
+    auto m = nlohmann::json::parse(std::string(good_manifest.begin(), good_manifest.end()));
+    const auto d = io::digest_file(model);
+    m["files"]["model.safetensors"] = {{"bytes", d.size}, {"xxh64", d.xxh64}};
+    const std::string text = m.dump(2) + "\n";
+    write_bytes(manifest, Bytes(text.begin(), text.end()));
+    BOOST_REQUIRE(dir.problem(1).empty());
+  };
+  Train r(config());
+  rewrite([](std::vector<io::TensorRef>& refs) {
+    for (auto& x : refs)
+      if (x.name == "layers.0.attn.qkv.weight") x.shape = {x.shape[1], x.shape[0]};
+  });
+  expect_error([&] { resume_checkpoint(dir, r, kData); }, {"layers.0.attn.qkv.weight", "shape (32, 96)", "(96, 32)"});
+  rewrite([](std::vector<io::TensorRef>& refs) {
+    refs.erase(std::remove_if(refs.begin(), refs.end(), [](auto& x) { return x.name == "final_norm.weight"; }),
+               refs.end());
+  });
+  expect_error([&] { resume_checkpoint(dir, r, kData); }, {"lacks 1 of the model's", "final_norm.weight"});
+  rewrite([](std::vector<io::TensorRef>& refs) { refs.push_back({"extra.weight", "F32", {1}, refs[0].data}); });
+  expect_error([&] { resume_checkpoint(dir, r, kData); }, {"'extra.weight'", "not a parameter of the model"});
+  BOOST_TEST(r.step() == 0);
 }
 
 BOOST_AUTO_TEST_CASE(incompatible_checkpoints_are_refused_with_a_sentence) {
