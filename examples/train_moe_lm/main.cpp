@@ -23,8 +23,7 @@
 #include "tmoe/io/safetensors.hpp"
 #include "tmoe/io/yaml_config.hpp"
 #include "tmoe/tmoe.hpp"
-#include "tmoe/train/checkpointing.hpp"
-#include "tmoe/train/signals.hpp"
+#include "tmoe/train/run.hpp"
 
 using namespace tmoe;
 
@@ -161,25 +160,20 @@ int run(int argc, char** argv) {
               static_cast<double>(model.registry().count()) / 1e6, threads());
 
   // Checkpoints: resume first, so that everything below starts from the restored step.
-  std::optional<io::CheckpointDir> ckpt;
-  bool resumed = false;
-  if (!cfg.checkpoint.dir.empty()) {
-    ckpt.emplace(cfg.checkpoint.dir, cfg.checkpoint.keep);
-    if (cfg.checkpoint.resume == "never") {
-      if (!ckpt->steps().empty())
-        throw Error("checkpoint.resume=never but the directory already holds checkpoints", cfg.checkpoint.dir,
-                    "an empty or new checkpoint.dir (or resume=auto)");
-    } else if (auto info = resume_checkpoint(*ckpt, trainer, data_state(ds, sampler, 0)); info) {
-      for (const auto& s : info->skipped) std::printf("skipping invalid checkpoint %s\n", s.c_str());
-      if (!info->skipped.empty()) std::printf("falling back to the newest valid checkpoint\n");
-      for (const auto& c : info->changed)
-        std::printf("note: %s differs from the checkpoint's; the run is no longer identical to an uninterrupted one\n",
-                    c.c_str());
-      std::printf("resumed from %s at step %lld\n", info->folder.c_str(), static_cast<long long>(info->step));
-      resumed = true;
-    } else if (cfg.checkpoint.resume == "required") {
-      throw Error("checkpoint.resume=required but there is no checkpoint", cfg.checkpoint.dir, "a checkpoint directory");
-    }
+  FitData fit_data;
+  fit_data.train = [&](std::int64_t i, std::int32_t* in, std::int32_t* tg) { sampler.train_batch(i, in, tg); };
+  fit_data.val = [&](std::int64_t i, std::int32_t* in, std::int32_t* tg) { sampler.eval_batch(i, in, tg); };
+  fit_data.eval_batches = eval_count;
+  fit_data.state = [&](std::int64_t micro_batches) { return data_state(ds, sampler, micro_batches); };
+  Run run(trainer, fit_data);
+  const auto resumed = run.resume();
+  if (resumed) {
+    for (const auto& s : resumed->skipped) std::printf("skipping invalid checkpoint %s\n", s.c_str());
+    if (!resumed->skipped.empty()) std::printf("falling back to the newest valid checkpoint\n");
+    for (const auto& c : resumed->changed)
+      std::printf("note: %s differs from the checkpoint's; the run is no longer identical to an uninterrupted one\n",
+                  c.c_str());
+    std::printf("resumed from %s at step %lld\n", resumed->folder.c_str(), static_cast<long long>(resumed->step));
   }
   if (!select_spec.empty()) {
     if (!resumed) throw Error("--select needs a trained model", "checkpoint.dir", "a directory with a checkpoint");
@@ -215,6 +209,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   const std::int64_t first = trainer.step();
+  const auto t_fit = std::chrono::steady_clock::now();
   if (first >= tc.steps) {
     std::printf("the checkpoint is at step %lld of %lld: nothing left to train\n", static_cast<long long>(first),
                 static_cast<long long>(tc.steps));
@@ -225,90 +220,53 @@ int run(int argc, char** argv) {
                 static_cast<long long>(tc.seq_len), tc.lr, 100 * tc.warmup_fraction);
   }
 
-  BatchFn train_batches = [&](std::int64_t i, std::int32_t* in, std::int32_t* tg) { sampler.train_batch(i, in, tg); };
-  BatchFn val_batches = [&](std::int64_t i, std::int32_t* in, std::int32_t* tg) { sampler.eval_batch(i, in, tg); };
-  auto save = [&](const char* why) {
-    if (!ckpt) return;
-    const auto t0 = std::chrono::steady_clock::now();
-    const std::string folder =
-        save_checkpoint(*ckpt, trainer, data_state(ds, sampler, trainer.step() * tc.grad_accum));
-    std::printf("checkpoint %s (%s) in %.2f s\n", folder.c_str(), why,
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    std::fflush(stdout);
-  };
-
   std::ofstream metrics;
   if (!tc.metrics_file.empty()) {
     // A resumed run continues the same metrics file.
     metrics.open(tc.metrics_file, resumed ? std::ios::app : std::ios::trunc);
     if (!metrics) throw Error("cannot open the metrics file for writing", tc.metrics_file, "a writable path");
   }
-  std::optional<StopSignals> stop;
-  if (cfg.checkpoint.on_signal) stop.emplace();
-
-  using Clock = std::chrono::steady_clock;
-  const auto t0 = Clock::now();
-  auto t_int = t0;
-  std::int64_t tok_int = 0;
-  double val = std::nan(""), loss_acc = 0;
-  std::int64_t loss_n = 0;
+  FitEvents events;
+  events.on_log = [&](const StepStats& st, const FitProgress& p) {
+    const auto [lo, hi] = load_spread(st);
+    std::printf("%6lld %10.4f %10.4f %9.2e %9.3f %9.0f %6.2f / %5.2f\n", static_cast<long long>(p.step), p.train_loss,
+                p.val_loss, st.lr, st.grad_norm, p.tokens_per_s, lo, hi);
+    std::fflush(stdout);
+    if (!metrics) return;
+    metrics << "{\"step\": " << p.step << ", \"train_loss\": " << p.train_loss << ", \"ce\": " << st.ce
+            << ", \"aux\": " << st.aux
+            << ", \"val_loss\": " << (std::isnan(p.val_loss) ? std::string("null") : std::to_string(p.val_loss))
+            << ", \"lr\": " << st.lr << ", \"grad_norm\": " << st.grad_norm << ", \"tokens_per_s\": " << p.tokens_per_s
+            << ", \"elapsed_s\": " << p.elapsed_s << ", \"expert_load_min\": " << lo << ", \"expert_load_max\": " << hi
+            << ", \"expert_counts\": [";
+    for (std::size_t l = 0; l < st.expert_counts.size(); ++l) {
+      metrics << (l ? ", [" : "[");
+      for (std::size_t e = 0; e < st.expert_counts[l].size(); ++e) metrics << (e ? ", " : "") << st.expert_counts[l][e];
+      metrics << "]";
+    }
+    metrics << "]}\n";
+    metrics.flush();
+  };
+  events.on_checkpoint = [](const std::string& folder, const char* why, double seconds) {
+    std::printf("checkpoint %s (%s) in %.2f s\n", folder.c_str(), why, seconds);
+    std::fflush(stdout);
+  };
   if (first < tc.steps)
     std::printf("%6s %10s %10s %9s %9s %9s %14s\n", "step", "train", "val", "lr", "gnorm", "tok/s", "load min/max");
-  for (std::int64_t s = first; s < tc.steps; ++s) {
-    const StepStats st = trainer.train_step(train_batches);
-    loss_acc += st.ce;
-    ++loss_n;
-    tok_int += st.tokens;
-    const bool final_step = s + 1 == tc.steps;
-    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-    const bool out_of_time = tc.time_limit_s > 0 && elapsed > tc.time_limit_s;
-    const bool stopping = stop && stop->requested();
-    if ((s + 1) % tc.eval_interval == 0 || final_step || out_of_time) val = trainer.evaluate(val_batches, eval_count);
-    if ((s + 1) % tc.log_interval == 0 || final_step || out_of_time || stopping) {
-      const auto now = Clock::now();
-      const double tps = static_cast<double>(tok_int) / std::chrono::duration<double>(now - t_int).count();
-      const auto [lo, hi] = load_spread(st);
-      std::printf("%6lld %10.4f %10.4f %9.2e %9.3f %9.0f %6.2f / %5.2f\n", static_cast<long long>(s + 1),
-                  loss_acc / loss_n, val, st.lr, st.grad_norm, tps, lo, hi);
-      std::fflush(stdout);
-      if (metrics) {
-        metrics << "{\"step\": " << s + 1 << ", \"train_loss\": " << loss_acc / loss_n << ", \"ce\": " << st.ce
-                << ", \"aux\": " << st.aux << ", \"val_loss\": " << (std::isnan(val) ? std::string("null") : std::to_string(val))
-                << ", \"lr\": " << st.lr << ", \"grad_norm\": " << st.grad_norm << ", \"tokens_per_s\": " << tps
-                << ", \"elapsed_s\": " << elapsed << ", \"expert_load_min\": " << lo << ", \"expert_load_max\": " << hi
-                << ", \"expert_counts\": [";
-        for (std::size_t l = 0; l < st.expert_counts.size(); ++l) {
-          metrics << (l ? ", [" : "[");
-          for (std::size_t e = 0; e < st.expert_counts[l].size(); ++e) metrics << (e ? ", " : "") << st.expert_counts[l][e];
-          metrics << "]";
-        }
-        metrics << "]}\n";
-        metrics.flush();
-      }
-      t_int = now;
-      tok_int = 0;
-      loss_acc = 0;
-      loss_n = 0;
-    }
-    if (stopping) {
-      std::printf("%s received after step %lld: writing a checkpoint and stopping\n",
-                  stop->signal() == SIGTERM ? "SIGTERM" : "SIGINT", static_cast<long long>(s + 1));
-      save("stop signal");
-      if (!ckpt) std::printf("no checkpoint.dir set: nothing saved\n");
-      return 0;
-    }
-    if ((s + 1) % cfg.checkpoint.interval == 0 || final_step) save(final_step ? "end of training" : "interval");
-    if (out_of_time) {
-      std::printf("time limit of %.0f s reached after %lld steps\n", tc.time_limit_s, static_cast<long long>(s + 1));
-      save("time limit");
-      break;
-    }
+  const FitResult res = run.fit(events);
+  if (res.stop == FitResult::kSignal) {
+    std::printf("%s received after step %lld: %s\n", res.signal == SIGTERM ? "SIGTERM" : "SIGINT",
+                static_cast<long long>(res.last_step),
+                run.checkpoints() ? "checkpoint written, stopping" : "no checkpoint.dir set, nothing saved; stopping");
+    return 0;
   }
-  const double train_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  if (std::isnan(val)) val = trainer.evaluate(val_batches, eval_count);
-  if (trainer.step() > first)
+  if (res.stop == FitResult::kTimeLimit)
+    std::printf("time limit of %.0f s reached after %lld steps\n", tc.time_limit_s, static_cast<long long>(res.last_step));
+  const double val = res.val_loss;
+  if (res.last_step > first)
     std::printf("\ntrained steps %lld..%lld in %.1f s (setup %.1f s)\n", static_cast<long long>(first + 1),
-                static_cast<long long>(trainer.step()), train_s, std::chrono::duration<double>(t0 - t_load).count());
+                static_cast<long long>(res.last_step), res.train_seconds,
+                std::chrono::duration<double>(t_fit - t_load).count());
   std::printf("final validation loss %.4f nats/token = %.3f x unigram entropy %.4f (%s 0.65)\n", val, val / entropy,
               entropy, val / entropy <= 0.65 ? "<=" : ">");
   if (!tc.save_weights.empty()) {

@@ -19,6 +19,7 @@
 #include "../support/files.hpp"
 #include "../support/tiny.hpp"
 #include "tmoe/train/checkpointing.hpp"
+#include "tmoe/train/run.hpp"
 
 using namespace tmoe;
 using tmoe::test::Bytes;
@@ -374,4 +375,72 @@ BOOST_AUTO_TEST_CASE(sigkill_during_saves_never_leaves_a_half_checkpoint) {
   BOOST_TEST_MESSAGE("killed inside a save (temporary folder present) in " << killed_mid_save << " of " << kAttempts
                                                                             << " attempts");
   BOOST_TEST(killed_mid_save >= kAttempts / 2);
+}
+
+// The library's loop (train/run.hpp): interval and final checkpoints, SIGTERM mid-run
+// (a checkpoint at that step, stop == kSignal), then resume() + fit() to the end equal an
+// uninterrupted fit bitwise.
+BOOST_AUTO_TEST_CASE(run_fit_checkpoints_stops_on_sigterm_and_resumes) {
+  TempDir tmp;
+  auto cfg_with = [&](const std::string& dir) {
+    Config c = config();
+    c.checkpoint.dir = dir;
+    c.checkpoint.interval = 4;
+    c.train.steps = 10;
+    c.train.eval_interval = 5;
+    c.train.log_interval = 1;
+    return c;
+  };
+  FitData data;
+  data.train = batches();
+  data.val = batches();
+  data.eval_batches = 1;
+  data.state = [](std::int64_t) { return kData; };
+
+  Train straight(cfg_with(tmp.file("a")));
+  Run run_a(straight, data);
+  BOOST_TEST(!run_a.resume().has_value());
+  std::vector<std::string> saved;
+  FitEvents ev;
+  ev.on_checkpoint = [&](const std::string& folder, const char* why, double) {
+    saved.push_back(fs::path(folder).filename().string() + " " + why);
+  };
+  const FitResult ra = run_a.fit(ev);
+  BOOST_TEST(ra.stop == FitResult::kFinished);
+  BOOST_TEST(ra.last_step == 10);
+  BOOST_TEST((saved == std::vector<std::string>{"step-00000004 interval", "step-00000008 interval",
+                                                 "step-00000010 end of training"}));
+
+  Train first(cfg_with(tmp.file("b")));
+  Run run_b(first, data);
+  FitEvents stop_at_6;
+  stop_at_6.on_log = [](const StepStats&, const FitProgress& p) {
+    if (p.step == 6) ::raise(SIGTERM);
+  };
+  const FitResult rb = run_b.fit(stop_at_6);
+  BOOST_TEST(rb.stop == FitResult::kSignal);
+  BOOST_TEST(rb.signal == SIGTERM);
+  BOOST_TEST(rb.last_step == 7);  // the flag is read after the step that saw it logged
+  BOOST_TEST(io::CheckpointDir(tmp.file("b"), 3).latest().value() == 7);
+
+  Train second(cfg_with(tmp.file("b")));
+  Run run_c(second, data);
+  const auto info = run_c.resume();
+  BOOST_REQUIRE(info.has_value());
+  BOOST_TEST(info->step == 7);
+  const FitResult rc = run_c.fit();
+  BOOST_TEST(rc.first_step == 7);
+  BOOST_TEST(rc.val_loss == ra.val_loss);
+  BOOST_TEST(same_bits(flat(second, -1), flat(straight, -1)));
+  BOOST_TEST(same_bits(flat(second, 1), flat(straight, 1)));
+
+  // resume=required without a checkpoint, resume=never over existing ones: refused.
+  Config req = cfg_with(tmp.file("empty"));
+  req.checkpoint.resume = "required";
+  Train tr(req);
+  expect_error([&] { Run(tr, data).resume(); }, {"resume=required", "no checkpoint"});
+  Config nev = cfg_with(tmp.file("a"));
+  nev.checkpoint.resume = "never";
+  Train tn(nev);
+  expect_error([&] { Run(tn, data).resume(); }, {"resume=never", "already holds checkpoints"});
 }
