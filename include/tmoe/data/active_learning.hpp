@@ -19,18 +19,11 @@
 // Export: JSON lines {"id", "text", "score", "criterion"} written to a temporary file in
 // the target's folder, fsynced and renamed over the target, so the target is always
 // either the previous file or the complete new one.
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -45,6 +38,7 @@
 
 #include "tmoe/core/config.hpp"
 #include "tmoe/core/error.hpp"
+#include "tmoe/io/atomic_file.hpp"
 
 namespace tmoe::data {
 
@@ -146,20 +140,6 @@ inline void check_ids(std::span<const TextRecord> records) {
   }
 }
 
-inline std::string errno_text() { return std::strerror(errno); }
-
-inline void write_fd(int fd, const char* p, std::size_t n, const std::string& where) {
-  while (n > 0) {
-    const ::ssize_t w = ::write(fd, p, std::min<std::size_t>(n, std::size_t{1} << 30));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      throw Error("could not write: " + errno_text(), where);
-    }
-    p += w;
-    n -= static_cast<std::size_t>(w);
-  }
-}
-
 }  // namespace active_learning_detail
 
 // The top_n records by score (highest first; ties in input order). scores[i] belongs to
@@ -214,11 +194,10 @@ std::vector<RankedRecord> rank_by_uncertainty(std::span<const TextRecord> record
 }
 
 // Writes `selected` as JSON lines {"id", "text", "score", "criterion"} to `path`,
-// atomically (temporary file in the same folder, fsync, rename). Ids and texts must be
+// atomically (io::write_file_atomic). Ids and texts must be
 // valid UTF-8 (JSON strings); otherwise tmoe::Error names the record and nothing is written.
 inline void write_selection_jsonl(const std::string& path, std::span<const RankedRecord> selected,
                                   std::string_view criterion) {
-  namespace ald = active_learning_detail;
   if (path.empty()) throw Error("output path is empty", "active_learning.output", "a file path");
   std::string text;
   for (auto& r : selected) {
@@ -234,32 +213,7 @@ inline void write_selection_jsonl(const std::string& path, std::span<const Ranke
     }
     text += '\n';
   }
-  const std::filesystem::path target(path);
-  std::string dir = target.parent_path().string();
-  if (dir.empty()) dir = ".";
-  std::string tmpl = (std::filesystem::path(dir) / ("." + target.filename().string() + ".tmp.XXXXXX")).string();
-  const int fd = ::mkstemp(tmpl.data());
-  if (fd < 0) throw Error("could not create a temporary file in its folder: " + ald::errno_text(), path);
-  bool closed = false;
-  try {
-    ald::write_fd(fd, text.data(), text.size(), tmpl);
-    if (::fchmod(fd, 0644) != 0) throw Error("could not set permissions: " + ald::errno_text(), tmpl);
-    if (::fsync(fd) != 0) throw Error("could not flush the file to disk: " + ald::errno_text(), tmpl);
-    closed = true;
-    if (::close(fd) != 0) throw Error("could not close the file: " + ald::errno_text(), tmpl);
-    if (::rename(tmpl.c_str(), path.c_str()) != 0)
-      throw Error("could not rename " + tmpl + " to the final name: " + ald::errno_text(), path);
-  } catch (...) {
-    if (!closed) ::close(fd);
-    ::unlink(tmpl.c_str());
-    throw;
-  }
-  // The rename itself, made durable (best effort: some file systems refuse this).
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
+  io::write_file_atomic(path, text);
 }
 
 struct ActiveLearningConfig {

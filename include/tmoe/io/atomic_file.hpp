@@ -67,6 +67,14 @@ inline std::string temp_path_for(const std::string& path, long pid = ::getpid())
       .string();
 }
 
+// True when `digits` is the id of a process that no longer exists (never this one): the
+// owner of a temporary named "...-<pid>" died before finishing it.
+inline bool is_dead_pid(std::string_view digits) {
+  if (digits.empty() || digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) return false;
+  const long pid = std::stol(std::string(digits));
+  return pid != ::getpid() && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
+
 // Deletes temporaries of `path` left by processes that no longer exist (killed mid-write).
 // A live writer's temporary is never touched.
 inline void remove_stale_temps(const std::string& path) {
@@ -75,11 +83,7 @@ inline void remove_stale_temps(const std::string& path) {
   for (std::filesystem::directory_iterator it(detail::parent_dir(path), ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
     if (!name.starts_with(prefix)) continue;
-    const std::string digits = name.substr(prefix.size());
-    if (digits.empty() || digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
-    const long pid = std::stol(digits);
-    if (pid != ::getpid() && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)
-      std::filesystem::remove(it->path(), ec);
+    if (is_dead_pid(name.substr(prefix.size()))) std::filesystem::remove(it->path(), ec);
   }
 }
 
@@ -104,7 +108,9 @@ class AtomicFile {
     tmp_ = temp_path_for(path_);
     remove_stale_temps(path_);
     fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) throw Error("cannot create the file: " + detail::errno_text(), tmp_, "a writable folder");
+    if (fd_ < 0)
+      throw Error("cannot create the file (its temporary file " + tmp_ + "): " + detail::errno_text(), path_,
+                  "a writable folder");
   }
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;

@@ -273,10 +273,7 @@ class CheckpointDir {
       const auto dash = n.rfind('-');
       if (!n.starts_with(".step-") || dash == std::string::npos) continue;
       if (n.find(".tmp-") == std::string::npos && n.find(".old-") == std::string::npos) continue;
-      const std::string digits = n.substr(dash + 1);
-      if (digits.empty() || digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
-      const long pid = std::stol(digits);
-      if (pid != ::getpid() && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) dead.push_back(it->path());
+      if (is_dead_pid(std::string_view(n).substr(dash + 1))) dead.push_back(it->path());
     }
     for (const auto& p : dead) fs::remove_all(p, ec);
   }

@@ -49,6 +49,7 @@
 
 #include "tmoe/core/config.hpp"
 #include "tmoe/core/error.hpp"
+#include "tmoe/core/utf8.hpp"
 
 namespace tmoe::io {
 
@@ -132,33 +133,6 @@ inline bool is_bool_word(std::string_view text, std::string_view word) {
   return text == word || text == cap || text == up;
 }
 
-// The offset of the first byte of `s` that does not start a valid UTF-8 sequence (RFC
-// 3629: no overlong forms, surrogates or code points above U+10FFFF), or npos.
-inline std::size_t invalid_utf8_at(std::string_view s) {
-  std::size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    std::size_t n = 0;              // continuation bytes
-    unsigned char lo = 0x80, hi = 0xBF;  // range of the first continuation byte
-    if (c < 0x80) n = 0;
-    else if (c >= 0xC2 && c <= 0xDF) n = 1;
-    else if (c == 0xE0) n = 2, lo = 0xA0;
-    else if (c == 0xED) n = 2, hi = 0x9F;
-    else if (c >= 0xE1 && c <= 0xEF) n = 2;
-    else if (c == 0xF0) n = 3, lo = 0x90;
-    else if (c == 0xF4) n = 3, hi = 0x8F;
-    else if (c >= 0xF1 && c <= 0xF3) n = 3;
-    else return i;
-    if (s.size() - i - 1 < n) return i;
-    for (std::size_t k = 1; k <= n; ++k) {
-      const unsigned char b = static_cast<unsigned char>(s[i + k]);
-      if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF)) return i;
-    }
-    i += n + 1;
-  }
-  return std::string_view::npos;
-}
-
 // Parses `text` into a value of the field's type or throws, naming the key and value.
 template <class M>
 M parse_value(std::string_view text, const std::string& key, const std::string& where) {
@@ -167,7 +141,7 @@ M parse_value(std::string_view text, const std::string& key, const std::string& 
     return Error(cat(key, ": '", text, "' ", why), where, expected_value<M>());
   };
   if constexpr (std::is_same_v<M, std::string>) {
-    if (const std::size_t bad = invalid_utf8_at(text); bad != std::string_view::npos)
+    if (const std::size_t bad = ::tmoe::utf8::first_invalid(text); bad != std::string_view::npos)
       throw Error(cat(key, ": byte ", bad + 1, " of the value is not valid UTF-8"), where,
                   "UTF-8 text (a config is YAML, which holds Unicode text only)");
     return std::string(text);
