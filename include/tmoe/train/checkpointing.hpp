@@ -56,11 +56,13 @@ std::vector<std::string> differing_fields(const char* section, const S& a, const
   return out;
 }
 
-inline std::string model_yaml(const ModelConfig& m) {
-  Config c;
-  c.model = m;
-  const std::string all = io::to_yaml(c);
-  return all.substr(0, all.find("\ntrain:"));
+// "name=value" lines of every field of a section: what the config hash covers.
+template <class S>
+std::string field_lines(const S& sec) {
+  std::string out;
+  std::apply([&](const auto&... fld) { ((out += cat(fld.name, "=", io::detail::format_value(sec.*fld.member), "\n")), ...); },
+             S::fields());
+  return out;
 }
 
 // Train fields that do not change what is computed.
@@ -110,7 +112,7 @@ std::string save_checkpoint(io::CheckpointDir& dir, Tr& trainer, const nlohmann:
     st["optimizer"] = Tr::optimizer_name();
     st["parameters"] = reg.count();
     st["config_yaml"] = io::to_yaml(cfg);
-    st["model_config_xxh64"] = xxh64(detail::model_yaml(cfg.model));
+    st["model_config_xxh64"] = xxh64(detail::field_lines(cfg.model));
     st["tmoe_version"] = kVersion;
     io::write_file_atomic(folder + "/state.json", st.dump(2) + "\n");
   });
