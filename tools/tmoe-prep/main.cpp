@@ -311,8 +311,8 @@ int kappa(const std::vector<std::string>& args) {
   const data::LabelSet set = data::read_label_file(labels, file_cfg);
   const auto rep = data::agreement_report(set, agreement);
   auto show = [](const data::ScopeAgreement& s) {
-    std::printf("  %-20s %-6s kappa %8.4f  (%zu items, %zu annotators)\n", s.name.c_str(), s.method.c_str(),
-                s.kappa.kappa, s.items, s.annotators);
+    std::printf("  %-20s %-6s kappa %8.4f  (%zu items, %zu annotators)\n", s.name.empty() ? "all items" : s.name.c_str(),
+                s.method.c_str(), s.kappa.kappa, s.items, s.annotators);
   };
   std::printf("%s: %zu items, %zu annotators, %zu labels\n", labels.c_str(), set.items.size(), set.annotators.size(),
               set.records);
