@@ -24,12 +24,14 @@ template struct tmoe::Dense<SwiGLU>::impl<TMOE_TEST_REAL, backend::Cpu>;
 template struct tmoe::Dense<GeluFFN>::impl<TMOE_TEST_REAL, backend::Cpu>;
 template struct tmoe::MoE<SwiGLU, TopK>::impl<TMOE_TEST_REAL, backend::Cpu>;
 template struct tmoe::MoE<GeluFFN, TopK>::impl<TMOE_TEST_REAL, backend::Cpu>;
-template void tmoe::TopK::forward_token<TMOE_TEST_REAL>(const RouterParams&, const TMOE_TEST_REAL*, std::int32_t*,
-                                                        TMOE_TEST_REAL*, TMOE_TEST_REAL*, TMOE_TEST_REAL*);
-template void tmoe::TopK::backward_token<TMOE_TEST_REAL>(const RouterParams&, const std::int32_t*,
+template void tmoe::TopK::scores_token<TMOE_TEST_REAL>(const RouterParams&, const TMOE_TEST_REAL*,
+                                                       const TMOE_TEST_REAL*, TMOE_TEST_REAL*, TMOE_TEST_REAL*);
+template void tmoe::TopK::gates_token<TMOE_TEST_REAL>(const RouterParams&, const TMOE_TEST_REAL*,
+                                                      const TMOE_TEST_REAL*, const std::int32_t*, TMOE_TEST_REAL*);
+template void tmoe::TopK::backward_token<TMOE_TEST_REAL>(const RouterParams&, const TMOE_TEST_REAL*,
+                                                         const TMOE_TEST_REAL*, const std::int32_t*,
                                                          const TMOE_TEST_REAL*, const TMOE_TEST_REAL*,
-                                                         const TMOE_TEST_REAL*, const TMOE_TEST_REAL*, TMOE_TEST_REAL,
-                                                         TMOE_TEST_REAL*);
+                                                         const TMOE_TEST_REAL*, TMOE_TEST_REAL*);
 template void tmoe::AdamW::update<TMOE_TEST_REAL>(TMOE_TEST_REAL*, const TMOE_TEST_REAL*, TMOE_TEST_REAL**,
                                                   std::int64_t, double, double, std::int64_t) const;
 template void tmoe::Serial::reduce_gradients<TMOE_TEST_REAL>(TMOE_TEST_REAL*, std::int64_t);

@@ -29,7 +29,7 @@ void check_block(const char* what, const ModelConfig& cfg, std::int64_t b, std::
   buf.bind(blk, seed);
   auto route = [&] {
     if constexpr (Ffn::is_moe)
-      return std::vector<std::int32_t>(blk.ffn.ids.data(), blk.ffn.ids.data() + n * cfg.top_k);
+      return std::vector<std::int32_t>(blk.ffn.a_expert.begin(), blk.ffn.a_expert.end());
     else
       return std::vector<std::int32_t>{};
   };
@@ -137,7 +137,7 @@ void check_model(const char* what, const ModelConfig& cfg, unsigned seed) {
     if constexpr (Model::block_policy::ffn_policy::is_moe)
       for (std::int64_t l = 0; l < model.n_layers(); ++l) {
         auto& f = model.block(l).ffn;
-        r.insert(r.end(), f.ids.data(), f.ids.data() + n * cfg.top_k);
+        r.insert(r.end(), f.a_expert.begin(), f.a_expert.end());
       }
     return r;
   };

@@ -1,12 +1,14 @@
 #define BOOST_TEST_MODULE ops_router
-// TopK router math (forward_token, backward_token) against plain double references, and
-// RoutingPlan::build (the stable counting sort of (token, slot) pairs by expert).
+// TopK router math (scores_token + select_topk + gates_token, backward_token) against plain
+// double references, and RoutingPlan::build (the stable counting sort of (token, slot) pairs
+// by expert).
 #include <boost/test/unit_test.hpp>
 #include <algorithm>
 #include <numeric>
 #include <tuple>
 
 #include "test_ops_common.hpp"
+#include "tmoe/moe/balance.hpp"
 #include "tmoe/moe/moe_layer.hpp"
 #include "tmoe/moe/routers/topk.hpp"
 
@@ -39,7 +41,7 @@ template <class T>
 struct Routed {
   std::vector<std::int32_t> ids;
   std::vector<T> gates, probs;
-  T lse;
+  double lse;
 };
 
 template <class T>
@@ -49,8 +51,12 @@ Routed<T> route(const std::vector<double>& l, std::int64_t k, bool renorm) {
   r.ids.assign(k, -7);
   r.gates.assign(k, T(-7));
   r.probs.assign(l.size(), T(-7));
+  std::vector<T> sel(l.size(), T(-7));
   const auto lt = as<T>(l);
-  TopK::forward_token<T>(rp, lt.data(), r.ids.data(), r.gates.data(), r.probs.data(), &r.lse);
+  TopK::scores_token<T>(rp, lt.data(), nullptr, r.probs.data(), sel.data());
+  tmoe::select_topk(sel.data(), static_cast<std::int64_t>(l.size()), k, r.ids.data());
+  TopK::gates_token<T>(rp, lt.data(), r.probs.data(), r.ids.data(), r.gates.data());
+  r.lse = tmoe::ZLoss::lse(lt.data(), static_cast<std::int64_t>(l.size()));  // the z-loss's log-sum-exp
   return r;
 }
 
@@ -151,7 +157,8 @@ BOOST_AUTO_TEST_CASE(softmax_then_topk_identity_on_many_rows) {
 }
 
 BOOST_AUTO_TEST_CASE(backward_token_matches_central_differences) {
-  // L = Σ_j a_j gate_j + Σ_i b_i p_i + c lse, d/dlogits, fp64. Logits are well separated so
+  // L = Σ_j a_j gate_j + Σ_i b_i p_i, d/dlogits, fp64 (the z-loss's lse term is the
+  // ZLoss policy's, checked with the layer in tests/gradcheck/test_moe_routers.cpp). Logits are well separated so
   // a ±1e-6 step never changes the selection.
   std::mt19937 g(4);
   for (int row = 0; row < 200; ++row) {
@@ -164,11 +171,10 @@ BOOST_AUTO_TEST_CASE(backward_token_matches_central_differences) {
     const auto noise = randn(e, 7000 + row, 0.1);
     for (std::int64_t i = 0; i < e; ++i) l[i] = 0.7 * perm[i] + noise[i] - 2.0;
     const auto a = randn(k, 8000 + row), b = randn(e, 9000 + row);
-    const double c = 0.3 + 0.1 * (row % 5);
     const RouterParams rp{e, k, renorm};
     auto loss = [&](const std::vector<double>& lg) {
       const auto r = route<double>(lg, k, renorm);
-      double s = c * r.lse;
+      double s = 0;
       for (std::int64_t j = 0; j < k; ++j) s += a[j] * r.gates[j];
       if (with_dprobs)
         for (std::int64_t i = 0; i < e; ++i) s += b[i] * r.probs[i];
@@ -176,8 +182,8 @@ BOOST_AUTO_TEST_CASE(backward_token_matches_central_differences) {
     };
     const auto r = route<double>(l, k, renorm);
     std::vector<double> dl(e, 123.0);
-    TopK::backward_token<double>(rp, r.ids.data(), r.gates.data(), r.probs.data(), a.data(),
-                                 with_dprobs ? b.data() : nullptr, c, dl.data());
+    TopK::backward_token<double>(rp, l.data(), r.probs.data(), r.ids.data(), r.gates.data(), a.data(),
+                                 with_dprobs ? b.data() : nullptr, dl.data());
     for (std::int64_t i = 0; i < e; ++i) {
       auto lp = l, lm = l;
       lp[i] += 1e-6, lm[i] -= 1e-6;
@@ -195,7 +201,9 @@ BOOST_AUTO_TEST_CASE(backward_token_matches_central_differences) {
 namespace {
 void check_plan(const std::vector<std::int32_t>& ids, std::int64_t n, std::int64_t k, std::int64_t e) {
   tmoe::RoutingPlan plan;
-  plan.build(ids.data(), n, k, e);
+  std::vector<std::int32_t> tok(ids.size());
+  for (std::size_t i = 0; i < ids.size(); ++i) tok[i] = static_cast<std::int32_t>(static_cast<std::int64_t>(i) / k);
+  plan.build(ids.data(), tok.data(), nullptr, n * k, n, e);
   BOOST_REQUIRE_EQUAL(plan.counts.size(), static_cast<std::size_t>(e));
   BOOST_REQUIRE_EQUAL(plan.offsets.size(), static_cast<std::size_t>(e + 1));
   BOOST_REQUIRE_EQUAL(plan.pos.size(), static_cast<std::size_t>(n * k));

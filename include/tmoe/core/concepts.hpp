@@ -9,10 +9,10 @@
 
 #include "tmoe/core/config.hpp"
 #include "tmoe/core/registry.hpp"
+#include "tmoe/moe/routing.hpp"
 
 namespace tmoe {
 
-struct RouterParams;
 struct ExpertShape;
 
 namespace detail {
@@ -45,12 +45,42 @@ concept PrecisionPolicy = Named<P> && requires {
   { P::loss_scaling } -> std::convertible_to<bool>;
 } && std::is_floating_point_v<typename P::compute>;
 
-// A router: per-token math from router logits to expert ids and gate weights, and back.
+// A router: per-token math from router logits to expert ids and gate weights, and back
+// (moe/routing.hpp). Token-choice routers provide scores/gates/backward per token; an
+// expert-choice router scores per token and lets each expert pick; a hash router maps a
+// token id to experts with nothing learned.
 template <class R>
-concept Router = Named<R> && requires(const RouterParams& rp, const double* l, std::int32_t* ids, double* g,
-                                      double* p, double* lse, const double* cg, double* dl) {
-  R::template forward_token<double>(rp, l, ids, g, p, lse);
-  R::template backward_token<double>(rp, ids, cg, cg, cg, cg, 0.0, dl);
+concept RouterTraits = Named<R> && requires {
+  { R::kind } -> std::convertible_to<RouterKind>;
+  { R::learned } -> std::convertible_to<bool>;
+  { R::has_bias } -> std::convertible_to<bool>;
+};
+template <class R>
+concept TokenChoiceRouter = RouterTraits<R> && R::kind == RouterKind::kTokenChoice &&
+    requires(const RouterParams& rp, const double* l, std::int32_t* ids, const std::int32_t* cids, double* g,
+             double* p, const double* c, double* dl) {
+  R::template scores_token<double>(rp, l, c, p, g);
+  R::template gates_token<double>(rp, l, c, cids, g);
+  R::template backward_token<double>(rp, l, c, cids, c, c, c, dl);
+};
+template <class R>
+concept ExpertChoiceRouter = RouterTraits<R> && R::kind == RouterKind::kExpertChoice &&
+    requires(const RouterParams& rp, const double* l, double* p, const double* c, double* dl) {
+  R::template scores_token<double>(rp, l, c, p, p);
+  R::template backward_token<double>(rp, l, c, c, dl);
+};
+template <class R>
+concept HashRouter = RouterTraits<R> && R::kind == RouterKind::kHash && !R::learned &&
+    requires(const RouterParams& rp, std::int32_t* ids, double* g) {
+  R::template route_token<double>(rp, std::int32_t{}, ids, g, g);
+};
+template <class R>
+concept Router = TokenChoiceRouter<R> || ExpertChoiceRouter<R> || HashRouter<R>;
+
+// A capacity policy: whether an expert's load is limited (tokens over capacity dropped).
+template <class C>
+concept CapacityPolicy = Named<C> && requires {
+  { C::drops } -> std::convertible_to<bool>;
 };
 
 // An expert: a feed-forward map applied to the rows routed to it, with hand-written

@@ -3,6 +3,7 @@
 // field here, never a template parameter (DESIGN.md principle 1). Each struct lists its
 // fields once in `fields()`, which the YAML loader, the command-line overrides, the
 // validation and the metrics header all walk, so no name is kept twice.
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <tuple>
@@ -35,6 +36,22 @@ struct ModelConfig {
   bool router_renormalize = true; // softmax over the k selected logits (seed) vs. softmax-then-top-k
   double aux_loss_weight = 1e-2;  // Switch/GShard load-balancing loss
   double z_loss_weight = 1e-3;    // router z-loss (ST-MoE)
+  double seq_aux_loss_weight = 0; // DeepSeek-V3 sequence-wise balance loss
+  double bias_update_rate = 1e-3; // gamma of the aux-loss-free bias update (SigmoidBias)
+  double router_temperature = 1.0;// router logits are divided by it (> 1 flattens routing)
+  double router_jitter = 0;       // training: router input x ⊙ U(1-j, 1+j) (Switch); 0 = off
+  double router_noise_std = 0;    // training: router logits + N(0, std²); 0 = off
+  double route_scale = 1.0;       // gate weights are multiplied by it (DeepSeek-V3: 2.5)
+  std::int64_t n_groups = 1;      // GroupLimited: expert groups
+  std::int64_t top_groups = 1;    // GroupLimited: groups a token may use
+  double capacity_factor = 1.25;  // CapacityFactor / ExpertChoice: C = ceil(f N k / E)
+  std::string drop_policy = "probability";  // CapacityFactor: which overflow to drop
+  std::int64_t n_shared_experts = 0;        // always-on experts added to the routed output
+  std::int64_t d_shared_expert = 0;         // hidden width of one shared expert; 0 = d_expert
+  std::int64_t moe_every = 1;     // every moe_every-th layer (after the dense ones) is MoE
+  std::int64_t moe_first_dense = 0;  // the first layers are dense
+  std::int64_t expert_depth = 1;  // TransformerExpert: layers per expert
+  std::int64_t expert_heads = 0;  // TransformerExpert: attention heads; 0 = n_heads
   bool tie_embeddings = true;
   bool linear_bias = false;       // biases on attention projections and dense FFN layers
   double norm_eps = 1e-5;
@@ -58,6 +75,22 @@ struct ModelConfig {
               "true: softmax over the top-k logits; false: top-k of the full softmax"),
         field("aux_loss_weight", &C::aux_loss_weight, "weight of the load-balancing loss"),
         field("z_loss_weight", &C::z_loss_weight, "weight of the router z-loss"),
+        field("seq_aux_loss_weight", &C::seq_aux_loss_weight, "weight of the sequence-wise balance loss"),
+        field("bias_update_rate", &C::bias_update_rate, "aux-loss-free bias step gamma (BiasUpdate)"),
+        field("router_temperature", &C::router_temperature, "router logits are divided by it"),
+        field("router_jitter", &C::router_jitter, "training-time multiplicative jitter on the router input; 0 = off"),
+        field("router_noise_std", &C::router_noise_std, "training-time Gaussian noise on the router logits; 0 = off"),
+        field("route_scale", &C::route_scale, "gate weights are multiplied by it"),
+        field("n_groups", &C::n_groups, "expert groups (GroupLimited)"),
+        field("top_groups", &C::top_groups, "groups eligible per token (GroupLimited)"),
+        field("capacity_factor", &C::capacity_factor, "expert capacity = ceil(f * tokens * k / experts)"),
+        field("drop_policy", &C::drop_policy, "probability | position: which tokens over capacity are dropped"),
+        field("n_shared_experts", &C::n_shared_experts, "always-on shared experts per MoE layer"),
+        field("d_shared_expert", &C::d_shared_expert, "hidden width of one shared expert; 0 = d_expert"),
+        field("moe_every", &C::moe_every, "every N-th layer after the dense ones is MoE"),
+        field("moe_first_dense", &C::moe_first_dense, "number of leading dense layers"),
+        field("expert_depth", &C::expert_depth, "layers per TransformerExpert"),
+        field("expert_heads", &C::expert_heads, "attention heads of a TransformerExpert; 0 = n_heads"),
         field("tie_embeddings", &C::tie_embeddings, "output head shares the token embedding"),
         field("linear_bias", &C::linear_bias, "biases on attention and dense FFN projections"),
         field("norm_eps", &C::norm_eps, "epsilon of RMSNorm/LayerNorm"),
@@ -88,13 +121,56 @@ struct ModelConfig {
     if (top_k > n_experts)
       throw Error(detail::cat("top_k ", top_k, " is larger than n_experts ", n_experts), "model.top_k",
                   detail::cat("1 <= top_k <= n_experts = ", n_experts));
+    if (n_groups > 64)
+      throw Error(detail::cat("n_groups is ", n_groups), "model.n_groups", "at most 64 expert groups");
+    if (n_groups <= 0 || n_experts % n_groups != 0)
+      throw Error(detail::cat("n_groups ", n_groups, " does not divide n_experts ", n_experts), "model.n_groups",
+                  detail::cat("a divisor of n_experts = ", n_experts));
+    if (top_groups <= 0 || top_groups > n_groups)
+      throw Error(detail::cat("top_groups ", top_groups, " is not in [1, n_groups = ", n_groups, "]"), "model.top_groups",
+                  detail::cat("1 <= top_groups <= ", n_groups));
+    if (n_groups > 1 && top_k > top_groups * (n_experts / n_groups))
+      throw Error(detail::cat("top_k ", top_k, " exceeds the ", top_groups * (n_experts / n_groups),
+                              " experts of the top_groups = ", top_groups, " eligible groups"),
+                  "model.top_k", detail::cat("<= top_groups * n_experts / n_groups = ", top_groups * (n_experts / n_groups)));
+    if (!(capacity_factor > 0) || !std::isfinite(capacity_factor))
+      throw Error(detail::cat("capacity_factor is ", capacity_factor), "model.capacity_factor", "a positive number");
+    if (drop_policy != "probability" && drop_policy != "position")
+      throw Error("drop_policy is '" + drop_policy + "'", "model.drop_policy", "probability or position");
+    if (!(router_temperature > 0) || !std::isfinite(router_temperature))
+      throw Error(detail::cat("router_temperature is ", router_temperature), "model.router_temperature",
+                  "a positive number");
+    if (router_jitter < 0 || router_jitter >= 1)
+      throw Error(detail::cat("router_jitter is ", router_jitter), "model.router_jitter", "a value in [0, 1)");
+    if (router_noise_std < 0) throw Error("router_noise_std is negative", "model.router_noise_std", ">= 0");
+    if (!(route_scale > 0)) throw Error(detail::cat("route_scale is ", route_scale), "model.route_scale", "> 0");
+    if (n_shared_experts < 0)
+      throw Error(detail::cat("n_shared_experts is ", n_shared_experts), "model.n_shared_experts", ">= 0");
+    if (d_shared_expert < 0)
+      throw Error(detail::cat("d_shared_expert is ", d_shared_expert), "model.d_shared_expert", ">= 0 (0 = d_expert)");
+    if (moe_every <= 0)
+      throw Error(detail::cat("moe_every (the dense/MoE interleave period) is ", moe_every), "model.moe_every",
+                  "a positive integer (1 = every layer after the dense ones is MoE)");
+    if (moe_first_dense < 0 || moe_first_dense > n_layers)
+      throw Error(detail::cat("moe_first_dense is ", moe_first_dense), "model.moe_first_dense",
+                  detail::cat("0 <= moe_first_dense <= n_layers = ", n_layers));
+    if (expert_depth <= 0)
+      throw Error(detail::cat("expert_depth is ", expert_depth), "model.expert_depth",
+                  "at least 1 layer per TransformerExpert");
+    if (expert_heads < 0) throw Error(detail::cat("expert_heads is ", expert_heads), "model.expert_heads", ">= 0 (0 = n_heads)");
     if (!(norm_eps > 0)) throw Error("norm_eps must be positive", "model.norm_eps", "a positive number");
     if (!(init_std > 0)) throw Error("init_std must be positive", "model.init_std", "a positive number");
-    if (aux_loss_weight < 0 || z_loss_weight < 0)
-      throw Error("loss weights must not be negative", "model.aux_loss_weight/z_loss_weight", ">= 0");
+    if (aux_loss_weight < 0 || z_loss_weight < 0 || seq_aux_loss_weight < 0 || bias_update_rate < 0)
+      throw Error("loss weights and the bias update rate must not be negative",
+                  "model.aux_loss_weight/z_loss_weight/seq_aux_loss_weight/bias_update_rate", ">= 0");
   }
 
   std::int64_t head_dim() const { return d_model / n_heads; }
+  // Layer l (0-based) is an MoE layer when the block has an MoE feed-forward part: after the
+  // moe_first_dense dense layers, every moe_every-th layer (layers K+N-1, K+2N-1, ...).
+  bool is_moe_layer(std::int64_t l) const {
+    return l >= moe_first_dense && (l - moe_first_dense + 1) % moe_every == 0;
+  }
 };
 
 struct TrainConfig {

@@ -23,13 +23,15 @@ enum Tag : std::uint32_t {
   kTagRouter = 1u << 6,
   kTagExpert = 1u << 7,
   kTagHead = 1u << 8,
+  kTagBuffer = 1u << 9,  // state kept and checkpointed with the parameters but not trained:
+                         // no gradient, no optimizer update (e.g. SigmoidBias's router bias)
 };
 
 inline std::string tag_names(std::uint32_t tags) {
   static constexpr const char* names[] = {"embedding", "position", "norm", "bias", "attention",
-                                          "ffn",       "router",   "expert", "head"};
+                                          "ffn",       "router",   "expert", "head",     "buffer"};
   std::string s;
-  for (int i = 0; i < 9; ++i)
+  for (int i = 0; i < 10; ++i)
     if (tags & (1u << i)) s += (s.empty() ? "" : ",") + std::string(names[i]);
   return s;
 }

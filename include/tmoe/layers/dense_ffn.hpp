@@ -9,6 +9,7 @@
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
 #include "tmoe/moe/experts/expert_shape.hpp"
+#include "tmoe/moe/routing.hpp"
 
 namespace tmoe {
 
@@ -18,6 +19,7 @@ struct Dense {
   static constexpr const char* name = "dense";
   static constexpr bool is_moe = false;
   using expert_policy = ExpertP;
+  using dense_policy = Dense;
 
   template <class T, class B>
   struct impl {
@@ -29,10 +31,12 @@ struct Dense {
       ffn.declare(r, name, shape);
     }
     void bind(const ParamRegistry& r, T* p, T* g) { ffn.bind(r, p, g); }
-    void forward(const T* in, T* out, std::int64_t n) { ffn.forward(in, out, n); }
+    void forward(const T* in, T* out, std::int64_t n, const RouteContext& = {}) { ffn.forward(in, out, n); }
     void backward(const T* dout, T* dx, bool accumulate_dx, double) { ffn.backward(dout, dx, accumulate_dx); }
     double loss() const { return 0.0; }
     std::span<const std::int64_t> expert_counts() const { return {}; }
+    template <class SumFn>
+    void after_step(SumFn&&) {}
     std::int64_t active_weights() const { return ExpertP::template impl<T, B>::weights(shape); }
   };
 };

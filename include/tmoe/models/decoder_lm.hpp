@@ -18,6 +18,8 @@
 #include "tmoe/core/philox.hpp"
 #include "tmoe/core/registry.hpp"
 #include "tmoe/layers/norm.hpp"
+#include "tmoe/moe/plan.hpp"
+#include "tmoe/moe/routing.hpp"
 #include "tmoe/tensor/tensor.hpp"
 
 namespace tmoe {
@@ -56,7 +58,7 @@ struct DecoderLM {
       block_first_.resize(static_cast<std::size_t>(cfg.n_layers + 1));
       for (std::int64_t l = 0; l < cfg.n_layers; ++l) {
         block_first_[static_cast<std::size_t>(l)] = registry_.size();
-        blocks_[static_cast<std::size_t>(l)].declare(registry_, "layers." + std::to_string(l), cfg);
+        blocks_[static_cast<std::size_t>(l)].declare(registry_, "layers." + std::to_string(l), cfg, l);
       }
       block_first_.back() = registry_.size();
       final_norm_.declare(registry_, "final_norm", c, cfg.norm_eps);
@@ -106,6 +108,25 @@ struct DecoderLM {
     using GradReadyHook = std::function<void(int first, int last)>;
     void set_grad_ready_hook(GradReadyHook hook) { grad_ready_ = std::move(hook); }
 
+    // Training or inference for the forwards that follow: training turns router noise on and
+    // counts expert loads for the bias update; seed, step and token_offset key the noise.
+    // The trainer sets it before each micro-batch; the default is inference.
+    void set_mode(bool training, std::uint64_t seed = 0, std::int64_t step = 0, std::int64_t token_offset = 0) {
+      mode_.training = training;
+      mode_.seed = seed;
+      mode_.step = step;
+      mode_.token_offset = token_offset;
+    }
+    bool training() const { return mode_.training; }
+
+    // After each optimizer step: the MoE layers' bias updates (aux-loss-free balancing).
+    // `sum(double* values, count)` adds a vector over the ranks (nothing to do in one process).
+    template <class SumFn>
+    void after_step(SumFn&& sum) {
+      for (auto& b : blocks_)
+        if (!b.uses_dense()) b.ffn.after_step(sum);
+    }
+
     // ids, targets: (B, T) token ids; targets may be null (logits only). Returns the loss.
     LossParts forward(const std::int32_t* ids, const std::int32_t* targets, std::int64_t b, std::int64_t t) {
       if (t > cfg_.context || t <= 0 || b <= 0)
@@ -129,7 +150,12 @@ struct DecoderLM {
       hf_.ensure(Shape{n, c});
       logits_.ensure(Shape{n, v});
       B::embedding_forward(ids, wte_.w, wpe_ ? wpe_.w : static_cast<const T*>(nullptr), res_[0].data(), n, t, c);
-      for (std::size_t l = 0; l < blocks_.size(); ++l) blocks_[l].forward(res_[l].data(), res_[l + 1].data(), b, t);
+      for (std::size_t l = 0; l < blocks_.size(); ++l) {
+        RouteContext ctx = mode_;
+        ctx.tokens = ids;
+        ctx.layer = static_cast<std::int64_t>(l);
+        blocks_[l].forward(res_[l].data(), res_[l + 1].data(), b, t, ctx);
+      }
       final_norm_.forward(res_.back().data(), hf_.data(), n);
       const T* hw = head_ ? head_.w : wte_.w;
       B::gemm(B::Trans::kNo, B::Trans::kYes, n, v, c, T(1), hf_.data(), hw, T(0), logits_.data());
@@ -180,14 +206,29 @@ struct DecoderLM {
     BlockImpl& block(std::int64_t l) { return blocks_[static_cast<std::size_t>(l)]; }
     // Token counts per expert of layer l's last forward (empty for a dense layer).
     std::span<const std::int64_t> expert_counts(std::int64_t l) const {
-      return blocks_[static_cast<std::size_t>(l)].ffn.expert_counts();
+      const auto& blk = blocks_[static_cast<std::size_t>(l)];
+      if (blk.uses_dense()) return {};
+      return blk.ffn.expert_counts();
+    }
+    bool is_moe_layer(std::int64_t l) const {
+      const auto& blk = blocks_[static_cast<std::size_t>(l)];
+      return Block::ffn_policy::is_moe && !blk.uses_dense();
+    }
+    // Layer l's routing statistics of the last forward (MoE layers only).
+    const MoEStats* moe_stats(std::int64_t l) const {
+      if constexpr (Block::ffn_policy::is_moe) {
+        const auto& blk = blocks_[static_cast<std::size_t>(l)];
+        if (!blk.uses_dense()) return &blk.ffn.stats();
+      }
+      (void)l;
+      return nullptr;
     }
 
     // Model FLOPs per token for a sequence of length t (DESIGN.md performance model):
     // 6 N_active + 6 L t C (causal attention, halved).
     double flops_per_token(std::int64_t t) const {
       double active = static_cast<double>(cfg_.vocab_size * cfg_.d_model);  // head
-      for (auto& b : blocks_) active += static_cast<double>(b.attn.weights_per_token() + b.ffn.active_weights());
+      for (auto& b : blocks_) active += static_cast<double>(b.attn.weights_per_token() + b.ffn_active_weights());
       return 6.0 * active + 6.0 * static_cast<double>(cfg_.n_layers * t * cfg_.d_model);
     }
 
@@ -211,6 +252,7 @@ struct DecoderLM {
     std::vector<int> block_first_;  // registry index of each block's first parameter (+ end)
     int final_norm_end_ = 0;
     GradReadyHook grad_ready_;
+    RouteContext mode_;
   };
 };
 

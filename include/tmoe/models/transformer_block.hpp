@@ -1,11 +1,15 @@
 #pragma once
 // A pre-norm transformer block:  h = x + attn(norm1(x));  y = h + ffn(norm2(h)),
-// where ffn is Dense<Expert> or MoE<Expert, Router>. The norm kind comes from the model.
+// where ffn is Dense<Expert> or MoE<Expert, Router, ...>. The norm kind comes from the model.
+// With an MoE ffn, the model's layers that ModelConfig::is_moe_layer marks dense (the first
+// moe_first_dense, then all but every moe_every-th) use the MoE policy's dense_policy
+// (Dense<Expert>, hidden width model.d_ff) instead: one block type, two feed-forward kinds.
 #include <cstdint>
 #include <string>
 
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
+#include "tmoe/moe/routing.hpp"
 #include "tmoe/tensor/tensor.hpp"
 
 namespace tmoe {
@@ -25,25 +29,34 @@ struct TransformerBlock {
     typename Norm::template impl<T, B> norm1, norm2;
     typename Attn::template impl<T, B> attn;
     typename Ffn::template impl<T, B> ffn;
+    typename Ffn::dense_policy::template impl<T, B> dense;  // used when this layer is dense
+    bool moe = Ffn::is_moe;  // this layer runs `ffn` (MoE) rather than `dense`
     Tensor<T> h1, a, mid, h2, f, dtmp, dmid;  // (N, C)
     std::int64_t c = 0, bsz = 0, len = 0;
 
-    void declare(ParamRegistry& r, const std::string& name, const ModelConfig& cfg) {
+    // layer: the block's index in the model, which decides dense vs MoE; -1 (a block on its
+    // own, as in the layer tests) keeps the Ffn policy's kind.
+    void declare(ParamRegistry& r, const std::string& name, const ModelConfig& cfg, std::int64_t layer = -1) {
       c = cfg.d_model;
+      moe = Ffn::is_moe && (layer < 0 || cfg.is_moe_layer(layer));
       norm1.declare(r, name + ".attn_norm", c, cfg.norm_eps);
       attn.declare(r, name + ".attn", cfg);
       norm2.declare(r, name + ".ffn_norm", c, cfg.norm_eps);
-      ffn.declare(r, name + (Ffn::is_moe ? ".moe" : ".ffn"), cfg);
+      if (moe) ffn.declare(r, name + ".moe", cfg);
+      else if constexpr (Ffn::is_moe) dense.declare(r, name + ".ffn", cfg);
+      else ffn.declare(r, name + ".ffn", cfg);
     }
     void bind(const ParamRegistry& r, T* p, T* g) {
       norm1.bind(r, p, g);
       attn.bind(r, p, g);
       norm2.bind(r, p, g);
-      ffn.bind(r, p, g);
+      if (uses_dense()) dense.bind(r, p, g);
+      else ffn.bind(r, p, g);
     }
+    bool uses_dense() const { return Ffn::is_moe && !moe; }
 
     // x, y: (B, T, C); x must stay alive until backward.
-    void forward(const T* x, T* y, std::int64_t b, std::int64_t t) {
+    void forward(const T* x, T* y, std::int64_t b, std::int64_t t, const RouteContext& ctx = {}) {
       const std::int64_t n = b * t;
       bsz = b;
       len = t;
@@ -52,7 +65,11 @@ struct TransformerBlock {
       attn.forward(h1.data(), a.data(), b, t);
       add(x, a.data(), mid.data(), n * c);
       norm2.forward(mid.data(), h2.data(), n);
-      ffn.forward(h2.data(), f.data(), n);
+      RouteContext rc = ctx;
+      rc.batch = b;
+      rc.seq_len = t;
+      if (uses_dense()) dense.forward(h2.data(), f.data(), n);
+      else ffn.forward(h2.data(), f.data(), n, rc);
       add(mid.data(), f.data(), y, n * c);
     }
 
@@ -60,7 +77,8 @@ struct TransformerBlock {
     void backward(const T* dy, T* dx, double grad_scale) {
       const std::int64_t n = bsz * len;
       // y = mid + f: dmid = dy + ∂f/∂mid
-      ffn.backward(dy, dtmp.data(), false, grad_scale);
+      if (uses_dense()) dense.backward(dy, dtmp.data(), false, grad_scale);
+      else ffn.backward(dy, dtmp.data(), false, grad_scale);
       copy(dy, dmid.data(), n * c);
       norm2.backward(dtmp.data(), dmid.data(), n, true);
       // mid = x + a
@@ -69,7 +87,8 @@ struct TransformerBlock {
       norm1.backward(dtmp.data(), dx, n, true);
     }
 
-    double loss() const { return ffn.loss(); }
+    double loss() const { return uses_dense() ? 0.0 : ffn.loss(); }
+    std::int64_t ffn_active_weights() const { return uses_dense() ? dense.active_weights() : ffn.active_weights(); }
 
    private:
     static void add(const T* a, const T* b, T* out, std::int64_t count) {

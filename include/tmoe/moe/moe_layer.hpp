@@ -1,174 +1,226 @@
 #pragma once
 // The MoE layer, as DESIGN.md's five steps:
-//   route    router logits = x Wrᵀ (E per token); the Router policy picks k experts and gates
-//   plan     a stable counting sort of (token, slot) pairs by expert: for each expert its rows
-//            in token order, and offsets — the order never depends on threads
-//   dispatch gather each routed token row into one contiguous buffer, expert by expert
-//   experts  each expert runs its GEMMs once over its contiguous slice
-//   combine  each token sums its k weighted expert outputs in slot order
-// Balancing terms (per micro-batch of N tokens, E experts, k slots):
-//   load-balancing (Switch/GShard): aux = E Σ_e f_e P_e, f_e = count_e / (N k),
-//                                    P_e = (1/N) Σ_t p_te (full softmax); 1 at perfect balance
-//   router z-loss (ST-MoE):          z = (1/N) Σ_t (log Σ_e exp l_te)²
-// The layer adds aux_loss_weight·aux + z_loss_weight·z to the model's loss.
+//   route    router logits l = x Wrᵀ (E per token; Hash has no matrix), divided by
+//            model.router_temperature, with optional training noise; the Router policy turns
+//            them into assignments (token, expert, gate), the gates times model.route_scale
+//   plan     capacity (CapacityFactor drops what overflows), then a stable counting sort of
+//            the kept assignments by expert (moe/plan.hpp): nothing depends on threads
+//   dispatch gather each kept assignment's token row into one contiguous buffer, expert by
+//            expert, in token order
+//   experts  each expert runs once over its contiguous slice (one GEMM per matrix, not per
+//            token); sequence-aware experts (TransformerExpert) also get the slice's
+//            per-sequence segments
+//   combine  each token sums its kept assignments' gate · expert output in assignment order,
+//            plus the shared experts (model.n_shared_experts, always on) applied to every token
+// Balancing terms (moe/balance.hpp) are a compile-time list, each with its config weight.
+//
+//   MoE<Expert, Router = TopK, Capacity = Dropless, Balance = Balancing<AuxLoss, ZLoss>>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <span>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
+#include "tmoe/core/error.hpp"
+#include "tmoe/core/philox.hpp"
+#include "tmoe/layers/dense_ffn.hpp"
 #include "tmoe/layers/linear.hpp"
+#include "tmoe/moe/balance.hpp"
+#include "tmoe/moe/capacity.hpp"
 #include "tmoe/moe/experts/expert_shape.hpp"
+#include "tmoe/moe/plan.hpp"
 #include "tmoe/moe/routers/topk.hpp"
+#include "tmoe/moe/routing.hpp"
 #include "tmoe/tensor/tensor.hpp"
 
 namespace tmoe {
 
-// The routing plan of one micro-batch (step 2): rows of the dispatch buffer grouped by
-// expert. pos[t k + j] is the dispatch row of token t's j-th choice; row_token[r] its token.
-struct RoutingPlan {
-  std::vector<std::int64_t> counts, offsets;  // (E), (E + 1)
-  std::vector<std::int32_t> pos, row_token;   // (N k), (N k)
-
-  void build(const std::int32_t* ids, std::int64_t n, std::int64_t k, std::int64_t e) {
-    counts.assign(static_cast<std::size_t>(e), 0);
-    for (std::int64_t i = 0; i < n * k; ++i) ++counts[static_cast<std::size_t>(ids[i])];
-    offsets.assign(static_cast<std::size_t>(e + 1), 0);
-    for (std::int64_t x = 0; x < e; ++x) offsets[x + 1] = offsets[x] + counts[x];
-    std::vector<std::int64_t> cursor(offsets.begin(), offsets.end() - 1);
-    pos.resize(static_cast<std::size_t>(n * k));
-    row_token.resize(static_cast<std::size_t>(n * k));
-    for (std::int64_t i = 0; i < n * k; ++i) {  // token-major: stable within each expert
-      const std::int64_t r = cursor[static_cast<std::size_t>(ids[i])]++;
-      pos[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(r);
-      row_token[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(i / k);
-    }
-  }
+namespace detail {
+template <class E>
+struct dense_of {
+  using type = E;
 };
+template <class E>
+  requires requires { typename E::dense_equivalent; }
+struct dense_of<E> {
+  using type = typename E::dense_equivalent;
+};
+template <class E>
+concept SequenceAwareExpert = requires { E::sequence_aware; } && E::sequence_aware;
 
-template <class ExpertP, class RouterP = TopK>
+template <class P>
+struct is_balancing : std::false_type {};
+template <class... Ps>
+struct is_balancing<Balancing<Ps...>> : std::true_type {};
+}  // namespace detail
+
+// The feed-forward map an expert policy stands for in a dense layer or a shared expert:
+// itself, or `E::dense_equivalent` (TransformerExpert's inner FFN).
+template <class E>
+using dense_expert_t = typename detail::dense_of<E>::type;
+
+template <class ExpertP, class RouterP = TopK, class CapacityP = Dropless, class BalanceP = Balancing<AuxLoss, ZLoss>>
 struct MoE {
   static_assert(Expert<ExpertP>,
                 "tmoe: MoE<Expert, Router>: the Expert argument is not an Expert (an expert policy names itself, "
                 "says how many matrices it has and provides impl<T, Backend> with weights(shape); see "
                 "docs/concepts/expert.md)");
   static_assert(Router<RouterP>,
-                "tmoe: MoE<Expert, Router>: the Router argument is not a Router (a router policy provides "
-                "forward_token and backward_token over one token's router logits; see docs/concepts/router.md)");
+                "tmoe: MoE<Expert, Router>: the Router argument is not a Router (a router policy names its kind and "
+                "provides per-token scores_token/gates_token/backward_token, or route_token for hashing; see "
+                "docs/concepts/router.md)");
+  static_assert(CapacityPolicy<CapacityP>,
+                "tmoe: MoE<Expert, Router, Capacity>: the Capacity argument is not a capacity policy (Dropless or "
+                "CapacityFactor; see docs/concepts/capacity.md)");
+  static_assert(detail::is_balancing<BalanceP>::value,
+                "tmoe: MoE<Expert, Router, Capacity, Balance>: the Balance argument must be Balancing<Terms...>, e.g. "
+                "Balancing<AuxLoss, ZLoss> (see docs/concepts/balancing.md)");
+  static_assert(!(RouterP::kind == RouterKind::kExpertChoice && !CapacityP::drops),
+                "tmoe: MoE<Expert, ExpertChoice, Dropless>: expert-choice routing fills each expert to a fixed "
+                "capacity C, so it cannot be dropless; use CapacityFactor (model.capacity_factor sets C)");
+  static_assert(!BalanceP::needs_bias || RouterP::has_bias,
+                "tmoe: MoE<..., Balancing<..., BiasUpdate>>: the aux-loss-free bias update moves a per-expert "
+                "selection bias, and this router has none; use SigmoidBias or GroupLimited<SigmoidBias>");
   static constexpr const char* name = "moe";
   static constexpr bool is_moe = true;
   using expert_policy = ExpertP;
   using router_policy = RouterP;
+  using capacity_policy = CapacityP;
+  using balance_policy = BalanceP;
+  using dense_policy = Dense<dense_expert_t<ExpertP>>;  // the ffn of the dense layers between MoE ones
 
   template <class T, class B>
   struct impl {
     using ExpertImpl = typename ExpertP::template impl<T, B>;
+    using SharedImpl = typename dense_expert_t<ExpertP>::template impl<T, B>;
+    static constexpr bool kTokenChoice = RouterP::kind == RouterKind::kTokenChoice;
+    static constexpr bool kExpertChoice = RouterP::kind == RouterKind::kExpertChoice;
+
     RouterParams rp;
-    std::int64_t c = 0;
-    double aux_weight = 0, z_weight = 0;
+    std::int64_t c = 0, k = 0;
+    double temperature = 1, jitter = 0, noise_std = 0, route_scale = 1, capacity_factor = 1;
+    bool drop_by_position = false;
+    std::array<double, BalanceP::size + 1> weights{};
     layers::Linear<T, B> router;
+    Param<T> bias;  // SigmoidBias: (E), a buffer (kTagBuffer)
     std::vector<ExpertImpl> experts;
-    ExpertShape eshape;
+    SharedImpl shared;
+    bool has_shared = false;
+    ExpertShape eshape, sshape;
 
     // saved by forward for backward
+    RouteContext ctx;
     const T* x = nullptr;
-    std::int64_t n = 0;
-    Tensor<T> logits, probs, lse, gates;   // (N, E), (N, E), (N), (N, k)
-    Tensor<std::int32_t> ids;              // (N, k)
+    std::int64_t n = 0, cap = 0;
+    Tensor<T> xj, jmask;                      // jittered router input and its factors (N, C)
+    Tensor<T> raw, logits, probs, sel;        // (N, E)
+    Tensor<T> rgates;                         // (A) the router's gates (before route_scale)
+    Tensor<T> xe, ye, dye, dxe, tmp;          // (rows, C), tmp (N, C)
+    std::vector<std::int32_t> a_expert, a_token;       // (A) expert and token of each assignment
+    std::vector<std::uint8_t> kept;           // (A)
     RoutingPlan plan;
-    Tensor<T> xe, ye, dye, dxe;            // (N k, C)
-    Tensor<T> dgates, dlogits;             // (N, k), (N, E)
-    std::vector<double> mean_probs;        // P_e
-    double aux = 0, z = 0;
+    std::vector<double> dprobs, draw;         // (N, E)
+    Tensor<T> dlogits, dprobs_t, dgate;       // (N, E), (N, E), (A)
+    std::vector<std::int64_t> seg;            // segment offsets of one expert's slice
+    std::vector<double> step_load;            // (E) routed tokens over the step (BiasUpdate)
+    double loss_ = 0;
+    MoEStats stats_;
 
     void declare(ParamRegistry& r, const std::string& name, const ModelConfig& cfg) {
       c = cfg.d_model;
-      rp = RouterParams{cfg.n_experts, cfg.top_k, cfg.router_renormalize};
-      aux_weight = cfg.aux_loss_weight;
-      z_weight = cfg.z_loss_weight;
-      router.declare(r, name + ".router", c, cfg.n_experts, false, kTagRouter, cfg.init_std);
-      eshape = ExpertShape{cfg.d_model, cfg.d_expert, false, kTagExpert, cfg.init_std,
-                           cfg.init_std / std::sqrt(2.0 * static_cast<double>(cfg.n_layers)), cfg.gelu_exact};
+      k = cfg.top_k;
+      rp = RouterParams{cfg.n_experts, cfg.top_k, cfg.router_renormalize, cfg.n_groups, cfg.top_groups};
+      temperature = cfg.router_temperature;
+      jitter = cfg.router_jitter;
+      noise_std = cfg.router_noise_std;
+      route_scale = cfg.route_scale;
+      capacity_factor = cfg.capacity_factor;
+      drop_by_position = cfg.drop_policy == "position";
+      std::size_t i = 0;
+      std::apply([&](auto... p) { ((weights[i++] = decltype(p)::weight(cfg)), ...); }, typename BalanceP::list{});
+      if constexpr (RouterP::learned)
+        router.declare(r, name + ".router", c, cfg.n_experts, false, kTagRouter, cfg.init_std);
+      if constexpr (RouterP::has_bias)
+        bias.index = r.add(name + ".router.bias", Shape{cfg.n_experts}, kTagRouter | kTagBias | kTagBuffer, Init::kZeros);
+      const double out_std = cfg.init_std / std::sqrt(2.0 * static_cast<double>(cfg.n_layers));
+      eshape = ExpertShape{cfg.d_model, cfg.d_expert, false, kTagExpert, cfg.init_std, out_std, cfg.gelu_exact,
+                           cfg.expert_depth, cfg.expert_heads > 0 ? cfg.expert_heads : cfg.n_heads, cfg.norm_eps,
+                           cfg.rope_base, cfg.context};
       experts.resize(static_cast<std::size_t>(cfg.n_experts));
       for (std::int64_t e = 0; e < cfg.n_experts; ++e)
         experts[static_cast<std::size_t>(e)].declare(r, name + ".experts." + std::to_string(e), eshape);
+      has_shared = cfg.n_shared_experts > 0;
+      if (has_shared) {
+        // n shared experts of hidden width h are one FFN of width n·h (the sum of n FFNs on the
+        // same input is that FFN with their hidden units side by side).
+        sshape = eshape;
+        sshape.hidden = cfg.n_shared_experts * (cfg.d_shared_expert > 0 ? cfg.d_shared_expert : cfg.d_expert);
+        sshape.tags = kTagFfn;
+        shared.declare(r, name + ".shared_experts", sshape);
+      }
     }
     void bind(const ParamRegistry& r, T* p, T* g) {
-      router.bind(r, p, g);
+      if constexpr (RouterP::learned) router.bind(r, p, g);
+      if constexpr (RouterP::has_bias) bias.bind(r, p, g);
       for (auto& e : experts) e.bind(r, p, g);
+      if (has_shared) shared.bind(r, p, g);
     }
 
     // in, out: (N, C)
-    void forward(const T* in, T* out, std::int64_t rows) {
+    void forward(const T* in, T* out, std::int64_t rows, const RouteContext& context = {}) {
       x = in;
       n = rows;
-      const std::int64_t e = rp.n_experts, k = rp.k;
-      logits.ensure(Shape{n, e});
-      probs.ensure(Shape{n, e});
-      lse.ensure(Shape{n});
-      gates.ensure(Shape{n, k});
-      ids.ensure(Shape{n, k});
-      // 1. route
-      router.forward(in, logits.data(), n);
-      {
-        const RouterParams p = rp;
-        T *lg = logits.data(), *pr = probs.data(), *ls = lse.data(), *gt = gates.data();
-        std::int32_t* id = ids.data();
-        B::for_rows(n, [=](std::int64_t t) {
-          RouterP::forward_token(p, lg + t * e, id + t * k, gt + t * k, pr + t * e, ls + t);
-        });
-      }
-      // 2. plan
-      plan.build(ids.data(), n, k, e);
-      // balancing terms
-      mean_probs.assign(static_cast<std::size_t>(e), 0.0);
-      {
-        std::vector<T> sum(static_cast<std::size_t>(e), T(0));
-        const T* pr = probs.data();
-        B::reduce_rows(n, e, sum.data(), [=](std::int64_t t, double* acc) {
-          for (std::int64_t x2 = 0; x2 < e; ++x2) acc[x2] += pr[t * e + x2];
-        });
-        double a = 0;
-        for (std::int64_t x2 = 0; x2 < e; ++x2) {
-          mean_probs[x2] = static_cast<double>(sum[x2]) / static_cast<double>(n);
-          a += static_cast<double>(plan.counts[x2]) / static_cast<double>(n * k) * mean_probs[x2];
-        }
-        aux = static_cast<double>(e) * a;
-        double zs = 0;
-        const T* ls = lse.data();
-        B::reduce_rows(n, 1, &zs, [=](std::int64_t t, double* acc) {
-          acc[0] += static_cast<double>(ls[t]) * static_cast<double>(ls[t]);
-        });
-        z = zs / static_cast<double>(n);
-      }
-      // 3. dispatch
-      xe.ensure(Shape{n * k, c});
-      ye.ensure(Shape{n * k, c});
+      ctx = context;
+      const std::int64_t e = rp.n_experts;
+      route(in);
+      // plan: capacity, then rows by expert
+      const std::int64_t a = static_cast<std::int64_t>(a_expert.size());
+      kept.assign(static_cast<std::size_t>(a), 1);
+      if constexpr (CapacityP::drops && !kExpertChoice) apply_capacity();
+      plan.build(a_expert.data(), a_token.data(), kept.data(), a, n, e);
+      balance_forward();
+      // dispatch
+      const std::int64_t nr = plan.rows(), cc = c;
+      xe.ensure(Shape{nr, c});
+      ye.ensure(Shape{nr, c});
       {
         const std::int32_t* rt = plan.row_token.data();
         T* dst = xe.data();
-        const std::int64_t cc = c;
-        B::for_rows(n * k, [=](std::int64_t r) {
+        B::for_rows(nr, [=](std::int64_t r) {
           const T* src = in + static_cast<std::int64_t>(rt[r]) * cc;
           for (std::int64_t j = 0; j < cc; ++j) dst[r * cc + j] = src[j];
         });
       }
-      // 4. experts, each over its contiguous slice
-      for (std::int64_t x2 = 0; x2 < e; ++x2)
-        experts[x2].forward(xe.data() + plan.offsets[x2] * c, ye.data() + plan.offsets[x2] * c, plan.counts[x2]);
-      // 5. combine
+      // experts, each over its contiguous slice
+      for (std::int64_t x2 = 0; x2 < e; ++x2) {
+        auto& ex = experts[static_cast<std::size_t>(x2)];
+        if constexpr (detail::SequenceAwareExpert<ExpertP>) {
+          segments(x2);
+          ex.set_segments(seg.data(), static_cast<std::int64_t>(seg.size()) - 1);
+        }
+        ex.forward(xe.data() + plan.offsets[x2] * c, ye.data() + plan.offsets[x2] * c, plan.counts[x2]);
+      }
+      // combine (+ shared experts)
+      if (has_shared) shared.forward(in, out, n);
       {
-        const std::int32_t* ps = plan.pos.data();
-        const T *y = ye.data(), *gt = gates.data();
-        const std::int64_t cc = c;
+        const std::int32_t *to = plan.tok_offsets.data(), *ta = plan.tok_assign.data(), *ps = plan.pos.data();
+        const T *y = ye.data(), *gt = rgates.data();
+        const T rs = static_cast<T>(route_scale);
+        const bool add = has_shared;
         B::for_rows(n, [=](std::int64_t t) {
           T* o = out + t * cc;
-          for (std::int64_t j = 0; j < cc; ++j) o[j] = T(0);
-          for (std::int64_t s = 0; s < k; ++s) {
-            const T g = gt[t * k + s];
-            const T* src = y + static_cast<std::int64_t>(ps[t * k + s]) * cc;
+          if (!add)
+            for (std::int64_t j = 0; j < cc; ++j) o[j] = T(0);
+          for (std::int32_t q = to[t]; q < to[t + 1]; ++q) {
+            const std::int32_t as = ta[q];
+            const T g = rs * gt[as];
+            const T* src = y + static_cast<std::int64_t>(ps[as]) * cc;
             for (std::int64_t j = 0; j < cc; ++j) o[j] += g * src[j];
           }
         });
@@ -176,78 +228,344 @@ struct MoE {
     }
 
     // Weighted balancing loss of the last forward.
-    double loss() const { return aux_weight * aux + z_weight * z; }
+    double loss() const { return loss_; }
 
     // dout (N, C) -> dx (N, C); grad_scale multiplies the balancing losses' gradients (the
     // same factor the model applies to its loss, e.g. 1 / micro-batches).
     void backward(const T* dout, T* dx, bool accumulate_dx, double grad_scale) {
-      const std::int64_t e = rp.n_experts, k = rp.k, cc = c;
-      dye.ensure(Shape{n * k, c});
-      dxe.ensure(Shape{n * k, c});
-      dgates.ensure(Shape{n, k});
-      dlogits.ensure(Shape{n, e});
-      // combine backward
+      const std::int64_t e = rp.n_experts, cc = c, nr = plan.rows();
+      const std::int64_t a = static_cast<std::int64_t>(a_expert.size());
+      dye.ensure(Shape{nr, c});
+      dxe.ensure(Shape{nr, c});
+      dgate.ensure(Shape{std::max<std::int64_t>(a, 1)});
+      // combine backward: dye = g · dout, dgate (router's gate) = route_scale · <dout, y>
       {
-        const std::int32_t* ps = plan.pos.data();
-        const T *y = ye.data(), *gt = gates.data();
-        T *dy = dye.data(), *dg = dgates.data();
-        B::for_rows(n, [=](std::int64_t t) {
-          const T* go = dout + t * cc;
-          for (std::int64_t s = 0; s < k; ++s) {
-            const std::int64_t r = ps[t * k + s];
-            const T g = gt[t * k + s];
-            double dot = 0;
-            for (std::int64_t j = 0; j < cc; ++j) {
-              dy[r * cc + j] = g * go[j];
-              dot += static_cast<double>(go[j]) * static_cast<double>(y[r * cc + j]);
-            }
-            dg[t * k + s] = static_cast<T>(dot);
+        const std::int32_t *rt = plan.row_token.data(), *ra = plan.row_assign.data();
+        const T *y = ye.data(), *gt = rgates.data();
+        T *dy = dye.data(), *dg = dgate.data();
+        const double rs = route_scale;
+        std::fill(dg, dg + a, T(0));
+        B::for_rows(nr, [=](std::int64_t r) {
+          const T* go = dout + static_cast<std::int64_t>(rt[r]) * cc;
+          const T g = static_cast<T>(rs) * gt[ra[r]];
+          double dot = 0;
+          for (std::int64_t j = 0; j < cc; ++j) {
+            dy[r * cc + j] = g * go[j];
+            dot += static_cast<double>(go[j]) * static_cast<double>(y[r * cc + j]);
           }
+          dg[ra[r]] = static_cast<T>(rs * dot);
         });
       }
       // experts backward
       for (std::int64_t x2 = 0; x2 < e; ++x2)
-        experts[x2].backward(dye.data() + plan.offsets[x2] * c, dxe.data() + plan.offsets[x2] * c, false);
-      // dispatch backward: each token gathers its k rows in slot order
+        experts[static_cast<std::size_t>(x2)].backward(dye.data() + plan.offsets[x2] * c,
+                                                        dxe.data() + plan.offsets[x2] * c, false);
+      // shared experts first (they overwrite or add), then each token gathers its rows
+      if (has_shared) shared.backward(dout, dx, accumulate_dx);
       {
-        const std::int32_t* ps = plan.pos.data();
+        const std::int32_t *to = plan.tok_offsets.data(), *ta = plan.tok_assign.data(), *ps = plan.pos.data();
         const T* dxr = dxe.data();
+        const bool zero = !accumulate_dx && !has_shared;
         B::for_rows(n, [=](std::int64_t t) {
           T* d = dx + t * cc;
-          if (!accumulate_dx)
+          if (zero)
             for (std::int64_t j = 0; j < cc; ++j) d[j] = T(0);
-          for (std::int64_t q = 0; q < k; ++q) {
-            const T* src = dxr + static_cast<std::int64_t>(ps[t * k + q]) * cc;
+          for (std::int32_t q = to[t]; q < to[t + 1]; ++q) {
+            const T* src = dxr + static_cast<std::int64_t>(ps[ta[q]]) * cc;
             for (std::int64_t j = 0; j < cc; ++j) d[j] += src[j];
           }
         });
       }
-      // route backward
-      {
-        std::vector<T> dprobs(static_cast<std::size_t>(e));
-        for (std::int64_t x2 = 0; x2 < e; ++x2)
-          dprobs[x2] = static_cast<T>(grad_scale * aux_weight * static_cast<double>(e) *
-                                      (static_cast<double>(plan.counts[x2]) / static_cast<double>(n * k)) /
-                                      static_cast<double>(n));
-        const double zscale = grad_scale * z_weight * 2.0 / static_cast<double>(n);
-        const RouterParams p = rp;
-        const std::int32_t* id = ids.data();
-        const T *gt = gates.data(), *pr = probs.data(), *dg = dgates.data(), *ls = lse.data(), *dp = dprobs.data();
-        T* dl = dlogits.data();
-        B::for_rows(n, [=](std::int64_t t) {
-          RouterP::backward_token(p, id + t * k, gt + t * k, pr + t * e, dg + t * k, dp,
-                                  static_cast<T>(zscale * static_cast<double>(ls[t])), dl + t * e);
-        });
-        router.backward(x, dlogits.data(), dx, n, true);
+      if constexpr (RouterP::learned) route_backward(dx, grad_scale);
+    }
+
+    // The aux-loss-free bias update, after the optimizer step: `sum` adds the loads of all
+    // ranks (identity in one process). A no-op without BiasUpdate.
+    template <class SumFn>
+    void after_step(SumFn&& sum) {
+      if constexpr (BalanceP::needs_bias) {
+        const std::int64_t e = rp.n_experts;
+        if (step_load.size() != static_cast<std::size_t>(e)) return;  // no training forward this step
+        sum(step_load.data(), e);
+        BiasUpdate::update(bias.w, step_load.data(), e, bias_rate());
+        step_load.clear();
       }
+    }
+    double bias_rate() const {
+      std::size_t i = 0, at = 0;
+      std::apply([&](auto... p) { ((decltype(p)::needs_bias ? (at = i, ++i) : ++i), ...); }, typename BalanceP::list{});
+      return weights[at];
     }
 
     std::span<const std::int64_t> expert_counts() const { return plan.counts; }
-    // Weights a token multiplies: router + its k experts.
+    const MoEStats& stats() const { return stats_; }
+    const RoutingPlan& routing_plan() const { return plan; }
+    std::span<const std::int32_t> assignment_experts() const { return a_expert; }
+    std::span<const std::int32_t> assignment_tokens() const { return a_token; }
+    std::span<const std::uint8_t> assignment_kept() const { return kept; }
+    // The gate each assignment's output is multiplied by (route_scale included).
+    double gate(std::int64_t a) const { return route_scale * static_cast<double>(rgates[a]); }
+    std::int64_t capacity() const { return cap; }
+    // Weights a token multiplies: router + its k experts + the shared experts.
     std::int64_t active_weights() const {
-      return c * rp.n_experts + rp.k * ExpertImpl::weights(eshape);
+      return (RouterP::learned ? c * rp.n_experts : 0) + rp.k * ExpertImpl::weights(eshape) +
+             (has_shared ? SharedImpl::weights(sshape) : 0);
+    }
+
+   private:
+    // Step 1: logits, router scores, assignments (a_expert, a_token, rgates).
+    void route(const T* in) {
+      const std::int64_t e = rp.n_experts;
+      raw.ensure(Shape{n, e});
+      logits.ensure(Shape{n, e});
+      probs.ensure(Shape{n, e});
+      sel.ensure(Shape{n, e});
+      cap = kExpertChoice || CapacityP::drops ? expert_capacity(capacity_factor, n, k, e) : 0;
+      if constexpr (RouterP::learned) {
+        const T* rin = in;
+        if (ctx.training && jitter > 0) {
+          // Switch-style multiplicative jitter on the router input, x ⊙ U(1 − j, 1 + j).
+          xj.ensure(Shape{n, c});
+          jmask.ensure(Shape{n, c});
+          const RngKey key{ctx.seed, static_cast<std::uint32_t>(ctx.step),
+                           site_id(Site::kRouterNoise, static_cast<std::uint32_t>(2 * ctx.layer + 1)), 0};
+          T *xo = xj.data(), *m = jmask.data();
+          const std::int64_t cc = c, off = ctx.token_offset;
+          const double jt = jitter;
+          B::for_rows(n, [=](std::int64_t t) {
+            RngKey kt = key;
+            kt.token = static_cast<std::uint32_t>(off + t);
+            for (std::int64_t j = 0; j < cc; ++j) {
+              m[t * cc + j] = static_cast<T>(1.0 - jt + 2.0 * jt * kt.uniform(static_cast<std::uint64_t>(j)));
+              xo[t * cc + j] = in[t * cc + j] * m[t * cc + j];
+            }
+          });
+          rin = xj.data();
+        }
+        router.forward(rin, raw.data(), n);
+        {
+          T *lg = logits.data(), *pr = probs.data(), *sl = sel.data();
+          const T* rw = raw.data();
+          const RouterParams p = rp;
+          const double inv_t = 1.0 / temperature, ns = ctx.training ? noise_std : 0.0;
+          const RngKey key{ctx.seed, static_cast<std::uint32_t>(ctx.step),
+                           site_id(Site::kRouterNoise, static_cast<std::uint32_t>(2 * ctx.layer)), 0};
+          const std::int64_t off = ctx.token_offset;
+          const T* bs = nullptr;
+          if constexpr (RouterP::has_bias) bs = bias.w;
+          B::for_rows(n, [=](std::int64_t t) {
+            RngKey kt = key;
+            kt.token = static_cast<std::uint32_t>(off + t);
+            for (std::int64_t i = 0; i < e; ++i)
+              lg[t * e + i] = static_cast<T>(static_cast<double>(rw[t * e + i]) * inv_t +
+                                             (ns > 0 ? ns * kt.normal(static_cast<std::uint64_t>(i)) : 0.0));
+            RouterP::scores_token(p, lg + t * e, bs, pr + t * e, sl + t * e);
+          });
+        }
+      }
+      if constexpr (kTokenChoice) {
+        const std::int64_t a = n * k;
+        a_expert.resize(static_cast<std::size_t>(a));
+        a_token.resize(static_cast<std::size_t>(a));
+        rgates.ensure(Shape{std::max<std::int64_t>(a, 1)});
+        const RouterParams p = rp;
+        const T *lg = logits.data(), *pr = probs.data(), *sl = sel.data();
+        std::int32_t *ex = a_expert.data(), *tk = a_token.data();
+        T* gt = rgates.data();
+        const std::int64_t kk = k;
+        B::for_rows(n, [=](std::int64_t t) {
+          select_topk(sl + t * e, e, kk, ex + t * kk);
+          RouterP::gates_token(p, lg + t * e, pr + t * e, ex + t * kk, gt + t * kk);
+          for (std::int64_t j = 0; j < kk; ++j) tk[t * kk + j] = static_cast<std::int32_t>(t);
+        });
+      } else if constexpr (RouterP::kind == RouterKind::kHash) {
+        if (!ctx.tokens)
+          throw Error("the Hash router needs the token ids of the batch", "MoE<..., Hash>::forward",
+                      "a RouteContext with tokens (DecoderLM passes them)");
+        const std::int64_t a = n * k;
+        a_expert.resize(static_cast<std::size_t>(a));
+        a_token.resize(static_cast<std::size_t>(a));
+        rgates.ensure(Shape{std::max<std::int64_t>(a, 1)});
+        const RouterParams p = rp;
+        const std::int32_t* tok = ctx.tokens;
+        T *pr = probs.data(), *gt = rgates.data();
+        std::int32_t *ex = a_expert.data(), *tk = a_token.data();
+        const std::int64_t kk = k;
+        B::for_rows(n, [=](std::int64_t t) {
+          RouterP::route_token(p, tok[t], ex + t * kk, gt + t * kk, pr + t * e);
+          for (std::int64_t j = 0; j < kk; ++j) tk[t * kk + j] = static_cast<std::int32_t>(t);
+        });
+      } else {  // expert choice: expert x takes the C tokens with the largest p[t, x]
+        const std::int64_t cc = cap, a = e * cc;
+        a_expert.resize(static_cast<std::size_t>(a));
+        a_token.resize(static_cast<std::size_t>(a));
+        rgates.ensure(Shape{std::max<std::int64_t>(a, 1)});
+        const T* pr = probs.data();
+        std::int32_t *ex = a_expert.data(), *tk = a_token.data();
+        T* gt = rgates.data();
+        const std::int64_t nn = n;
+        parallel_for(e, [=](std::int64_t x2) {
+          std::vector<std::int32_t> order(static_cast<std::size_t>(nn));
+          std::iota(order.begin(), order.end(), 0);
+          std::nth_element(order.begin(), order.begin() + (cc - 1), order.end(), [&](std::int32_t u, std::int32_t v) {
+            const T pu = pr[u * e + x2], pv = pr[v * e + x2];
+            return pu > pv || (pu == pv && u < v);
+          });
+          std::sort(order.begin(), order.begin() + cc);  // ascending token order within the expert
+          for (std::int64_t i = 0; i < cc; ++i) {
+            ex[x2 * cc + i] = static_cast<std::int32_t>(x2);
+            tk[x2 * cc + i] = order[static_cast<std::size_t>(i)];
+            gt[x2 * cc + i] = pr[order[static_cast<std::size_t>(i)] * e + x2];
+          }
+        });
+      }
+    }
+
+    // Token choice with a capacity: an expert routed more than C assignments keeps C of them.
+    void apply_capacity() {
+      const std::int64_t e = rp.n_experts, a = static_cast<std::int64_t>(a_expert.size());
+      std::vector<std::vector<std::int32_t>> by(static_cast<std::size_t>(e));
+      for (std::int64_t i = 0; i < a; ++i) by[static_cast<std::size_t>(a_expert[i])].push_back(static_cast<std::int32_t>(i));
+      const T* gt = rgates.data();
+      const bool pos = drop_by_position;
+      const std::int64_t cp = cap;
+      std::uint8_t* kp = kept.data();
+      parallel_for(e, [&](std::int64_t x2) {
+        auto& list = by[static_cast<std::size_t>(x2)];
+        if (static_cast<std::int64_t>(list.size()) <= cp) return;
+        if (!pos)  // largest gates first; ties: earlier assignment
+          std::stable_sort(list.begin(), list.end(), [&](std::int32_t u, std::int32_t v) { return gt[u] > gt[v]; });
+        for (std::size_t i = static_cast<std::size_t>(cp); i < list.size(); ++i) kp[list[i]] = 0;
+      });
+    }
+
+    // Row ranges of expert x's slice that belong to one sequence (rows are in token order).
+    void segments(std::int64_t x2) {
+      const std::int64_t len = ctx.seq_len > 0 ? ctx.seq_len : std::max<std::int64_t>(n, 1);
+      const std::int64_t r0 = plan.offsets[x2], r1 = plan.offsets[x2 + 1];
+      seg.assign(1, 0);
+      for (std::int64_t r = r0 + 1; r < r1; ++r)
+        if (plan.row_token[r] / len != plan.row_token[r - 1] / len) seg.push_back(r - r0);
+      if (r1 > r0) seg.push_back(r1 - r0);
+    }
+
+    BalanceInput<T> balance_input() const {
+      BalanceInput<T> in;
+      in.n = n;
+      in.e = rp.n_experts;
+      in.k = k;
+      in.seq_len = ctx.seq_len > 0 && n % ctx.seq_len == 0 ? ctx.seq_len : n;
+      in.probs = probs.data();
+      in.logits = RouterP::learned ? raw.data() : nullptr;
+      in.expert = a_expert.data();
+      in.token = a_token.data();
+      in.assignments = static_cast<std::int64_t>(a_expert.size());
+      in.routed = plan.routed.data();
+      return in;
+    }
+
+    // Values of the balancing terms, the weighted loss and the layer's statistics.
+    void balance_forward() {
+      const std::int64_t e = rp.n_experts;
+      const BalanceInput<T> in = balance_input();
+      stats_.terms.clear();
+      loss_ = 0;
+      std::size_t i = 0;
+      std::apply(
+          [&](auto... p) {
+            ((stats_.terms.emplace_back(decltype(p)::name, decltype(p)::value(in)),
+              loss_ += decltype(p)::is_loss ? weights[i] * stats_.terms.back().second : 0.0, ++i),
+             ...);
+          },
+          typename BalanceP::list{});
+      stats_.tokens.assign(plan.counts.begin(), plan.counts.end());
+      stats_.dropped.resize(static_cast<std::size_t>(e));
+      for (std::int64_t x2 = 0; x2 < e; ++x2) stats_.dropped[x2] = plan.routed[x2] - plan.counts[x2];
+      double h = 0;
+      {
+        const T* pr = probs.data();
+        B::reduce_rows(n, 1, &h, [=](std::int64_t t, double* acc) {
+          for (std::int64_t x2 = 0; x2 < e; ++x2) {
+            const double p = static_cast<double>(pr[t * e + x2]);
+            if (p > 0) acc[0] -= p * std::log(p);
+          }
+        });
+      }
+      stats_.entropy = n ? h / static_cast<double>(n) : 0.0;
+      if constexpr (RouterP::has_bias) stats_.bias.assign(bias.w, bias.w + e);
+      if (ctx.training) {
+        if (step_load.size() != static_cast<std::size_t>(e)) step_load.assign(static_cast<std::size_t>(e), 0.0);
+        for (std::int64_t x2 = 0; x2 < e; ++x2) step_load[x2] += static_cast<double>(plan.routed[x2]);
+      }
+    }
+
+    // Router backward: gates and balancing terms -> router logits -> router weights and dx.
+    void route_backward(T* dx, double grad_scale) {
+      const std::int64_t e = rp.n_experts;
+      const BalanceInput<T> in = balance_input();
+      dprobs.assign(static_cast<std::size_t>(n * e), 0.0);
+      draw.assign(static_cast<std::size_t>(n * e), 0.0);
+      std::size_t i = 0;
+      std::apply(
+          [&](auto... p) {
+            ((weights[i] != 0 && decltype(p)::is_loss
+                  ? decltype(p)::backward(in, grad_scale * weights[i], dprobs.data(), draw.data())
+                  : void(),
+              ++i),
+             ...);
+          },
+          typename BalanceP::list{});
+      if constexpr (kExpertChoice)
+        for (std::size_t as = 0; as < a_expert.size(); ++as)
+          dprobs[static_cast<std::size_t>(a_token[as]) * e + a_expert[as]] += static_cast<double>(dgate[as]);
+      dlogits.ensure(Shape{n, e});
+      dprobs_t.ensure(Shape{n, e});
+      {
+        const double* d = dprobs.data();
+        T* o = dprobs_t.data();
+        B::for_rows(n, [=](std::int64_t t) {
+          for (std::int64_t x2 = 0; x2 < e; ++x2) o[t * e + x2] = static_cast<T>(d[t * e + x2]);
+        });
+      }
+      const T* dpt = dprobs_t.data();
+      const RouterParams p = rp;
+      const T *lg = logits.data(), *pr = probs.data(), *gt = rgates.data(), *dg = dgate.data();
+      const double *dr = draw.data(), inv_t = 1.0 / temperature;
+      T* dl = dlogits.data();
+      if constexpr (kTokenChoice) {
+        const std::int32_t* ex = a_expert.data();
+        const std::int64_t kk = k;
+        B::for_rows(n, [=](std::int64_t t) {
+          RouterP::backward_token(p, lg + t * e, pr + t * e, ex + t * kk, gt + t * kk, dg + t * kk, dpt + t * e,
+                                  dl + t * e);
+          for (std::int64_t x2 = 0; x2 < e; ++x2)
+            dl[t * e + x2] = static_cast<T>(static_cast<double>(dl[t * e + x2]) * inv_t + dr[t * e + x2]);
+        });
+      } else {  // expert choice: every gate is an entry of p (added to dprobs above)
+        B::for_rows(n, [=](std::int64_t t) {
+          RouterP::backward_token(p, lg + t * e, pr + t * e, dpt + t * e, dl + t * e);
+          for (std::int64_t x2 = 0; x2 < e; ++x2)
+            dl[t * e + x2] = static_cast<T>(static_cast<double>(dl[t * e + x2]) * inv_t + dr[t * e + x2]);
+        });
+      }
+      if (ctx.training && jitter > 0) {
+        tmp.ensure(Shape{n, c});
+        router.backward(xj.data(), dlogits.data(), tmp.data(), n, false);
+        const T *tp = tmp.data(), *m = jmask.data();
+        const std::int64_t cc = c;
+        B::for_rows(n, [=](std::int64_t t) {
+          for (std::int64_t j = t * cc; j < (t + 1) * cc; ++j) dx[j] += tp[j] * m[j];
+        });
+      } else {
+        router.backward(x, dlogits.data(), dx, n, true);
+      }
     }
   };
 };
+
+// Switch Transformer routing: TopK with model.top_k = 1 and model.router_renormalize =
+// false (the gate is the softmax probability), experts limited by a capacity factor.
+template <class ExpertP>
+using SwitchMoE = MoE<ExpertP, TopK, CapacityFactor, Balancing<AuxLoss, ZLoss>>;
 
 }  // namespace tmoe

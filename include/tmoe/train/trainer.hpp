@@ -17,6 +17,7 @@
 #include "tmoe/core/error.hpp"
 #include "tmoe/core/philox.hpp"
 #include "tmoe/core/threading.hpp"
+#include "tmoe/moe/plan.hpp"
 #include "tmoe/optim/clip.hpp"
 #include "tmoe/optim/schedule.hpp"
 #include "tmoe/tensor/tensor.hpp"
@@ -38,6 +39,7 @@ struct StepStats {
   double lr = 0;
   std::int64_t tokens = 0;
   std::vector<std::vector<std::int64_t>> expert_counts;  // [layer][expert], summed over micro-batches
+  std::vector<MoEStats> moe;  // [layer]: routing statistics over the step (empty for dense layers)
 };
 
 // A source of micro-batches: fill (B, T) inputs and targets for global micro-batch index i.
@@ -102,9 +104,11 @@ class Trainer {
     StepStats st;
     st.step = step_;
     st.expert_counts.assign(static_cast<std::size_t>(model_.n_layers()), {});
+    st.moe.assign(static_cast<std::size_t>(model_.n_layers()), {});
     model_.zero_grad();
     for (std::int64_t micro = 0; micro < a; ++micro) {
       batches(step_ * a + micro, inputs_.data(), targets_.data());
+      model_.set_mode(true, tc.seed, step_, (parallel_.rank() * a + micro) * b * t);
       const LossParts lp = model_.forward(inputs_.data(), targets_.data(), b, t);
       model_.backward(1.0 / static_cast<double>(a));
       st.loss += lp.total / static_cast<double>(a);
@@ -115,8 +119,10 @@ class Trainer {
         auto& acc = st.expert_counts[static_cast<std::size_t>(l)];
         acc.resize(cnt.size(), 0);
         for (std::size_t e = 0; e < cnt.size(); ++e) acc[e] += cnt[e];
+        if (const MoEStats* ms = model_.moe_stats(l)) st.moe[static_cast<std::size_t>(l)].accumulate(*ms, static_cast<double>(a));
       }
     }
+    model_.set_mode(false);
     st.tokens = a * b * t * parallel_.size();
     T* g = model_.grads();
     const std::int64_t total = model_.registry().total();
@@ -133,15 +139,20 @@ class Trainer {
     T* p = model_.params();
     ++step_;
     for (const ParamInfo& pi : model_.registry().params()) {
+      if (pi.has(kTagBuffer)) continue;  // state moved by its own rule (e.g. the router bias update)
       std::array<T*, std::max(1, Opt::slots)> st_ptrs{};
       for (int s = 0; s < Opt::slots; ++s) st_ptrs[s] = state_[s].data() + pi.offset;
       opt_.update(p + pi.offset, g + pi.offset, st_ptrs.data(), pi.numel(), st.lr, decays(pi) ? tc.weight_decay : 0.0, step_);
     }
+    model_.after_step([this](double* v, std::int64_t count) {
+      for (std::int64_t i = 0; i < count; ++i) v[i] = parallel_.sum(v[i]);
+    });
     return st;
   }
 
   // Mean cross-entropy (nats per token) over eval micro-batches 0..count-1.
   double evaluate(const BatchFn& batches, std::int64_t count) {
+    model_.set_mode(false);
     double s = 0;
     for (std::int64_t i = 0; i < count; ++i) {
       batches(i, inputs_.data(), targets_.data());
@@ -155,6 +166,7 @@ class Trainer {
   std::vector<std::int32_t> generate(std::vector<std::int32_t> prompt, std::int64_t count, double temperature,
                                      std::uint64_t seed) {
     if (prompt.empty()) prompt.push_back(0);
+    model_.set_mode(false);
     const std::int64_t v = cfg_.model.vocab_size, ctx = cfg_.model.context;
     const std::size_t start = prompt.size();
     for (std::int64_t i = 0; i < count; ++i) {

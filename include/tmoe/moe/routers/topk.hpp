@@ -1,50 +1,44 @@
 #pragma once
-// TopK softmax router. For one token with router logits l (E):
-//   renormalised (the seed's gate):  pick the k largest logits, gates = softmax over those k;
-//   unnormalised (Switch/GShard):    p = softmax(l) over all experts, gates = p at the k picks.
+// TopK softmax router. For one token with router logits l (E) (already divided by the
+// temperature by the MoE layer):
+//   probs  p = softmax(l) over all experts (what the balancing losses see)
+//   select the k largest logits (ties: lower expert index)
+//   gates  renormalised (the seed's gate):  softmax over the k selected logits
+//          unnormalised (Switch/GShard):    p at the k picks
 // The renormalised gate equals softmax-then-top-k renormalised by Σ_selected p (tested).
-// Ties pick the lower expert index, so selection never depends on anything but the logits.
-// Probabilities p over all experts are always produced: the balancing losses need them.
-// Router math is per token and pointwise, written once for the CPU loop and a GPU kernel.
 #include <cmath>
 #include <cstdint>
 
 #include "tmoe/core/macros.hpp"
+#include "tmoe/moe/routing.hpp"
 
 namespace tmoe {
 
-struct RouterParams {
-  std::int64_t n_experts = 0;
-  std::int64_t k = 0;
-  bool renormalize = true;
-};
-
 struct TopK {
   static constexpr const char* name = "topk";
+  static constexpr RouterKind kind = RouterKind::kTokenChoice;
+  static constexpr bool learned = true;   // has a router matrix
+  static constexpr bool has_bias = false; // no selection bias to update
 
-  // ids (k), gates (k), probs (E), *lse = log Σ exp(l)
+  // probs (E), sel (E): selection keys. bias is unused (may be null).
   template <class T>
-  TMOE_HOST_DEVICE static void forward_token(const RouterParams& rp, const T* logits, std::int32_t* ids, T* gates,
-                                             T* probs, T* lse) {
-    const std::int64_t e = rp.n_experts, k = rp.k;
+  TMOE_HOST_DEVICE static void scores_token(const RouterParams& rp, const T* logits, const T*, T* probs, T* sel) {
+    const std::int64_t e = rp.n_experts;
     T mx = logits[0];
     for (std::int64_t i = 1; i < e; ++i) mx = logits[i] > mx ? logits[i] : mx;
     double s = 0;
     for (std::int64_t i = 0; i < e; ++i) s += std::exp(static_cast<double>(logits[i] - mx));
-    for (std::int64_t i = 0; i < e; ++i) probs[i] = static_cast<T>(std::exp(static_cast<double>(logits[i] - mx)) / s);
-    *lse = static_cast<T>(std::log(s) + static_cast<double>(mx));
-    // Selection: k passes over the logits; strict '>' keeps the lower index on ties.
-    for (std::int64_t j = 0; j < k; ++j) {
-      std::int32_t best = -1;
-      for (std::int64_t i = 0; i < e; ++i) {
-        bool taken = false;
-        for (std::int64_t q = 0; q < j; ++q) taken = taken || ids[q] == i;
-        if (!taken && (best < 0 || logits[i] > logits[best])) best = static_cast<std::int32_t>(i);
-      }
-      ids[j] = best;
+    for (std::int64_t i = 0; i < e; ++i) {
+      probs[i] = static_cast<T>(std::exp(static_cast<double>(logits[i] - mx)) / s);
+      sel[i] = logits[i];
     }
-    if (rp.renormalize) {
-      // softmax over the selected logits; ids[0] holds the largest.
+  }
+
+  template <class T>
+  TMOE_HOST_DEVICE static void gates_token(const RouterParams& rp, const T* logits, const T* probs,
+                                           const std::int32_t* ids, T* gates) {
+    const std::int64_t k = rp.k;
+    if (rp.renormalize) {  // softmax over the selected logits; ids[0] holds the largest
       double z = 0;
       for (std::int64_t j = 0; j < k; ++j) z += std::exp(static_cast<double>(logits[ids[j]] - logits[ids[0]]));
       for (std::int64_t j = 0; j < k; ++j)
@@ -54,12 +48,11 @@ struct TopK {
     }
   }
 
-  // dlogits (E) from dgates (k), dprobs (E: gradients of losses that use the full softmax,
-  // such as the load-balancing loss) and dlse (the z-loss).
+  // dlogits (E), overwritten, from dgates (k) and dprobs (E; may be null).
   template <class T>
-  TMOE_HOST_DEVICE static void backward_token(const RouterParams& rp, const std::int32_t* ids, const T* gates,
-                                              const T* probs, const T* dgates, const T* dprobs, T dlse,
-                                              T* dlogits) {
+  TMOE_HOST_DEVICE static void backward_token(const RouterParams& rp, const T*, const T* probs,
+                                              const std::int32_t* ids, const T* gates, const T* dgates,
+                                              const T* dprobs, T* dlogits) {
     const std::int64_t e = rp.n_experts, k = rp.k;
     // Full-softmax path: dp = dprobs (+ dgates scattered when gates are the full probs).
     double dot = 0;
@@ -71,8 +64,7 @@ struct TopK {
       dot += dp * static_cast<double>(probs[i]);
     }
     for (std::int64_t i = 0; i < e; ++i)
-      dlogits[i] = static_cast<T>(static_cast<double>(probs[i]) *
-                                  (static_cast<double>(dlogits[i]) - dot + static_cast<double>(dlse)));
+      dlogits[i] = static_cast<T>(static_cast<double>(probs[i]) * (static_cast<double>(dlogits[i]) - dot));
     if (rp.renormalize) {
       double gdot = 0;
       for (std::int64_t j = 0; j < k; ++j) gdot += static_cast<double>(gates[j]) * static_cast<double>(dgates[j]);
