@@ -4,91 +4,22 @@
 //
 //   train_moe_lm [--config FILE] [section.key=value ...]
 //
-// The model is composed at compile time below; every number comes from the config.
-#include <chrono>
-#include <cmath>
+// model.preset picks the model composition (presets.hpp; one translation unit each); every
+// number comes from the config, on top of the preset's defaults.
 #include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include "tmoe/data/active_learning.hpp"
-#include "tmoe/data/bpe.hpp"
-#include "tmoe/data/records.hpp"
-#include "tmoe/data/sampler.hpp"
-#include "tmoe/data/shards.hpp"
-#include "tmoe/io/checkpoint.hpp"
-#include "tmoe/io/safetensors.hpp"
+#include "presets.hpp"
+#include "tmoe/core/error.hpp"
 #include "tmoe/io/yaml_config.hpp"
-#include "tmoe/tmoe.hpp"
-#include "tmoe/train/run.hpp"
 
 using namespace tmoe;
-
-using Block = TransformerBlock<CausalAttention<Rope>, MoE<SwiGLU, TopK>>;
-using Model = DecoderLM<Block, RmsNorm>;
-using Train = Trainer<Model, AdamW, Fp32, Serial, backend::Cpu>;
+using namespace train_moe_lm;
 
 namespace {
-
-// Min and max expert load over all MoE layers, as a multiple of the mean load.
-std::pair<double, double> load_spread(const StepStats& st) {
-  double lo = 1e300, hi = 0;
-  for (const auto& layer : st.expert_counts) {
-    if (layer.empty()) continue;
-    double mean = 0;
-    for (auto c : layer) mean += static_cast<double>(c);
-    mean /= static_cast<double>(layer.size());
-    for (auto c : layer) {
-      lo = std::min(lo, static_cast<double>(c) / mean);
-      hi = std::max(hi, static_cast<double>(c) / mean);
-    }
-  }
-  return {lo > hi ? 0 : lo, hi};
-}
-
-// Unigram entropy (nats/token) of the training shards: the loss of a model that knows
-// only token frequencies.
-double unigram_entropy(const data::TokenDataset& ds) {
-  std::vector<std::uint64_t> counts(ds.manifest.vocab_size, 0);
-  std::uint64_t n = 0;
-  std::vector<std::int32_t> buf(1 << 16);
-  for (const auto& s : ds.train)
-    for (std::uint64_t at = 0; at < s.size(); at += buf.size()) {
-      const std::uint64_t len = std::min<std::uint64_t>(buf.size(), s.size() - at);
-      s.copy(at, len, buf.data());
-      for (std::uint64_t i = 0; i < len; ++i) ++counts[static_cast<std::size_t>(buf[i])];
-      n += len;
-    }
-  double h = 0;
-  for (auto c : counts)
-    if (c) h -= static_cast<double>(c) / static_cast<double>(n) * std::log(static_cast<double>(c) / static_cast<double>(n));
-  return h;
-}
-
-// Turns tokens back into text: bytes, or the dataset's BPE tokenizer.
-struct Detokenizer {
-  std::optional<data::BpeTokenizer> bpe;
-  std::string operator()(const std::vector<std::int32_t>& toks) const {
-    if (bpe) return bpe->decode(toks);
-    std::string s;
-    for (auto t : toks) s += static_cast<char>(t);
-    return s;
-  }
-  std::vector<std::int32_t> encode(const std::string& text) const {
-    if (bpe) return bpe->encode(text);
-    const auto* p = reinterpret_cast<const unsigned char*>(text.data());
-    return {p, p + text.size()};
-  }
-};
-
-nlohmann::json data_state(const data::TokenDataset& ds, const data::ShardSampler& sampler, std::int64_t micro_batches) {
-  const auto pos = sampler.position(micro_batches);
-  return {{"fingerprint", ds.fingerprint()}, {"folder", ds.folder}, {"epoch", pos.epoch}, {"window_in_epoch", pos.index},
-          {"windows_per_epoch", sampler.train_windows()}};
-}
 
 int run(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
@@ -96,14 +27,18 @@ int run(int argc, char** argv) {
       std::printf("usage: train_moe_lm [--config FILE] [section.key=value ...]\n\n"
                   "Trains on the token shards in data.shards (written by tmoe-prep). With checkpoint.dir set,\n"
                   "writes a checkpoint every checkpoint.interval steps, at the end and on SIGTERM/SIGINT, and\n"
-                  "resumes from the newest valid one (checkpoint.resume=auto).\n\nkeys:\n%s",
-                  io::describe_fields().c_str());
+                  "resumes from the newest valid one (checkpoint.resume=auto).\n\npresets (model.preset; each a "
+                  "compiled composition with its own defaults):\n",
+                  "");
+      for (const auto& p : presets()) std::printf("  %-14s %s\n", p.name, p.composition);
+      std::printf("\nkeys:\n%s", io::describe_fields().c_str());
       return 0;
     }
   // Active learning: --select SPEC [--top N] [--criterion entropy|loss] --out FILE ranks the
   // records of SPEC by the trained model's uncertainty instead of training.
-  std::string select_spec;
-  data::ActiveLearningConfig select;
+  Options opt;
+  std::string& select_spec = opt.select_spec;
+  data::ActiveLearningConfig& select = opt.select;
   std::vector<const char*> rest = {argv[0]};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -119,164 +54,28 @@ int run(int argc, char** argv) {
   }
   if (select_spec.empty() && rest.size() != static_cast<std::size_t>(argc))
     throw Error("--top, --criterion and --out belong to --select", "command line", "--select SPEC --out FILE");
-  const Config cfg = io::load_config(static_cast<int>(rest.size()), rest.data());
-  const auto& tc = cfg.train;
-  set_threads(static_cast<int>(tc.threads));
-
-  const auto t_load = std::chrono::steady_clock::now();
-  if (cfg.data.shards.empty())
-    throw Error("no token shards given", "data.shards",
-                "a folder written by tmoe-prep, e.g. `tmoe-prep --out data/fortunes` then data.shards=data/fortunes");
-  const data::TokenDataset ds = data::TokenDataset::open(cfg.data.shards);
-  if (ds.manifest.vocab_size > static_cast<std::uint64_t>(cfg.model.vocab_size))
-    throw Error(detail::cat("the dataset's vocabulary has ", ds.manifest.vocab_size, " tokens, the model's ",
-                            cfg.model.vocab_size),
-                "model.vocab_size", detail::cat(">= ", ds.manifest.vocab_size));
-  Detokenizer detok;
-  if (!ds.manifest.tokenizer_file.empty())
-    detok.bpe = data::BpeTokenizer::load((std::filesystem::path(ds.folder) / ds.manifest.tokenizer_file).string());
-  const data::ShardSampler sampler(ds, tc.seed, tc.batch_size, tc.seq_len);
-  const std::int64_t eval_count = std::min<std::int64_t>(tc.eval_batches, sampler.eval_batches_available());
-  if (eval_count == 0)
-    throw Error(detail::cat("the validation shards hold ", sampler.val_windows(), " windows of ", tc.seq_len + 1,
-                            " tokens, fewer than one batch of ", tc.batch_size),
-                cfg.data.shards, "a larger validation split (tmoe-prep --val-fraction) or a smaller batch");
-  const double entropy = unigram_entropy(ds);
-  std::uint64_t train_tokens = 0, val_tokens = 0;
-  for (const auto& s : ds.manifest.train) train_tokens += s.tokens;
-  for (const auto& s : ds.manifest.val) val_tokens += s.tokens;
-  std::printf("data %s: %s tokens (vocabulary %llu), %llu train tokens in %zu shards (%llu windows), %llu val tokens\n",
-              ds.folder.c_str(), detok.bpe ? "BPE" : "byte", static_cast<unsigned long long>(ds.manifest.vocab_size),
-              static_cast<unsigned long long>(train_tokens), ds.train.size(),
-              static_cast<unsigned long long>(sampler.train_windows()), static_cast<unsigned long long>(val_tokens));
-  std::printf("unigram entropy of the training tokens: %.4f nats/token (target val loss <= 0.65 x = %.4f)\n", entropy,
-              0.65 * entropy);
-
-  Train trainer(cfg);
-  auto& model = trainer.model();
-  std::printf("model: %s<%s<%s<%s>, %s<%s, %s>>, %s>, %lld parameters (%.2f M), %d threads\n", Model::name,
-              Block::name, CausalAttention<Rope>::name, Rope::name, MoE<SwiGLU, TopK>::name, SwiGLU::name, TopK::name,
-              RmsNorm::name, static_cast<long long>(model.registry().count()),
-              static_cast<double>(model.registry().count()) / 1e6, threads());
-
-  // Checkpoints: resume first, so that everything below starts from the restored step.
-  FitData fit_data;
-  fit_data.train = [&](std::int64_t i, std::int32_t* in, std::int32_t* tg) { sampler.train_batch(i, in, tg); };
-  fit_data.val = [&](std::int64_t i, std::int32_t* in, std::int32_t* tg) { sampler.eval_batch(i, in, tg); };
-  fit_data.eval_batches = eval_count;
-  fit_data.state = [&](std::int64_t micro_batches) { return data_state(ds, sampler, micro_batches); };
-  Run run(trainer, fit_data);
-  const auto resumed = run.resume();
-  if (resumed) {
-    for (const auto& s : resumed->skipped) std::printf("skipping invalid checkpoint %s\n", s.c_str());
-    if (!resumed->skipped.empty()) std::printf("falling back to the newest valid checkpoint\n");
-    for (const auto& c : resumed->changed)
-      std::printf("note: %s differs from the checkpoint's; the run is no longer identical to an uninterrupted one\n",
-                  c.c_str());
-    std::printf("resumed from %s at step %lld\n", resumed->folder.c_str(), static_cast<long long>(resumed->step));
+  // Two passes: the first reads which preset the config names, the second loads the config
+  // again over that preset's defaults (so the file and the command line still win).
+  const int argn = static_cast<int>(rest.size());
+  const Config first = io::load_config(argn, rest.data(), Config{}, /*validate=*/false);
+  opt.preset = first.model.preset.empty() ? "mixtral-like" : first.model.preset;
+  static constexpr std::pair<const char*, int (*)(const Options&)> runs[] = {
+      {"mixtral-like", run_mixtral_like}, {"deepseek-like", run_deepseek_like}, {"switch", run_switch},
+      {"expert-choice", run_expert_choice}, {"hash", run_hash},          {"seed", run_seed}};
+  const Preset* chosen = nullptr;
+  std::string names;
+  for (const auto& p : presets()) {
+    names += (names.empty() ? "" : ", ") + std::string(p.name);
+    if (opt.preset == p.name) chosen = &p;
   }
-  if (!select_spec.empty()) {
-    if (!resumed) throw Error("--select needs a trained model", "checkpoint.dir", "a directory with a checkpoint");
-    if (select.output.empty()) throw Error("--select without --out", "command line", "--out FILE.jsonl");
-    const auto records = data::ingest(std::vector<std::string>{select_spec});
-    std::vector<data::TextRecord> texts;
-    for (const auto& r : records) texts.push_back({r.id, r.text});
-    const std::int64_t ctx = cfg.model.context, v = cfg.model.vocab_size;
-    // Mean over all tokens of a record, in windows of the model's context.
-    auto scorer = [&](std::string_view text) {
-      const auto ids = detok.encode(std::string(text));
-      data::UncertaintyScore total{0, 0, 0};
-      for (std::size_t at = 0; at + 1 < ids.size(); at += static_cast<std::size_t>(ctx)) {
-        const std::size_t len = std::min<std::size_t>(static_cast<std::size_t>(ctx), ids.size() - 1 - at);
-        model.forward(ids.data() + at, nullptr, 1, static_cast<std::int64_t>(len));
-        const auto u = data::sequence_uncertainty(model.logits(), len, static_cast<std::size_t>(v),
-                                                  std::span<const std::int32_t>(ids.data() + at + 1, len));
-        total.loss += u.loss * static_cast<double>(u.tokens);
-        total.entropy += u.entropy * static_cast<double>(u.tokens);
-        total.tokens += u.tokens;
-      }
-      if (total.tokens) {
-        total.loss /= static_cast<double>(total.tokens);
-        total.entropy /= static_cast<double>(total.tokens);
-      }
-      return total;
-    };
-    const auto top = data::select_for_labelling(texts, scorer, select);
-    std::printf("scored %zu records of %s by %s; the %zu most uncertain are in %s\n", texts.size(), select_spec.c_str(),
-                select.criterion.c_str(), top.size(), select.output.c_str());
-    for (std::size_t i = 0; i < std::min<std::size_t>(5, top.size()); ++i)
-      std::printf("  %.4f  %s\n", top[i].score, top[i].id.c_str());
-    return 0;
-  }
-  const std::int64_t first = trainer.step();
-  const auto t_fit = std::chrono::steady_clock::now();
-  if (first >= tc.steps) {
-    std::printf("the checkpoint is at step %lld of %lld: nothing left to train\n", static_cast<long long>(first),
-                static_cast<long long>(tc.steps));
-  } else {
-    std::printf("training: steps %lld..%lld x %lld micro-batches x (%lld x %lld) tokens, lr %.2g, warm-up %.0f%%\n",
-                static_cast<long long>(first + 1), static_cast<long long>(tc.steps),
-                static_cast<long long>(tc.grad_accum), static_cast<long long>(tc.batch_size),
-                static_cast<long long>(tc.seq_len), tc.lr, 100 * tc.warmup_fraction);
-  }
-
-  std::ofstream metrics;
-  if (!tc.metrics_file.empty()) {
-    // A resumed run continues the same metrics file.
-    metrics.open(tc.metrics_file, resumed ? std::ios::app : std::ios::trunc);
-    if (!metrics) throw Error("cannot open the metrics file for writing", tc.metrics_file, "a writable path");
-  }
-  FitEvents events;
-  events.on_log = [&](const StepStats& st, const FitProgress& p) {
-    const auto [lo, hi] = load_spread(st);
-    std::printf("%6lld %10.4f %10.4f %9.2e %9.3f %9.0f %6.2f / %5.2f\n", static_cast<long long>(p.step), p.train_loss,
-                p.val_loss, st.lr, st.grad_norm, p.tokens_per_s, lo, hi);
-    std::fflush(stdout);
-    if (!metrics) return;
-    metrics << "{\"step\": " << p.step << ", \"train_loss\": " << p.train_loss << ", \"ce\": " << st.ce
-            << ", \"aux\": " << st.aux
-            << ", \"val_loss\": " << (std::isnan(p.val_loss) ? std::string("null") : std::to_string(p.val_loss))
-            << ", \"lr\": " << st.lr << ", \"grad_norm\": " << st.grad_norm << ", \"tokens_per_s\": " << p.tokens_per_s
-            << ", \"elapsed_s\": " << p.elapsed_s << ", \"expert_load_min\": " << lo << ", \"expert_load_max\": " << hi
-            << ", \"expert_counts\": [";
-    for (std::size_t l = 0; l < st.expert_counts.size(); ++l) {
-      metrics << (l ? ", [" : "[");
-      for (std::size_t e = 0; e < st.expert_counts[l].size(); ++e) metrics << (e ? ", " : "") << st.expert_counts[l][e];
-      metrics << "]";
-    }
-    metrics << "]}\n";
-    metrics.flush();
-  };
-  events.on_checkpoint = [](const std::string& folder, const char* why, double seconds) {
-    std::printf("checkpoint %s (%s) in %.2f s\n", folder.c_str(), why, seconds);
-    std::fflush(stdout);
-  };
-  if (first < tc.steps)
-    std::printf("%6s %10s %10s %9s %9s %9s %14s\n", "step", "train", "val", "lr", "gnorm", "tok/s", "load min/max");
-  const FitResult res = run.fit(events);
-  if (res.stop == FitResult::kSignal) {
-    std::printf("%s received after step %lld: %s\n", res.signal == SIGTERM ? "SIGTERM" : "SIGINT",
-                static_cast<long long>(res.last_step),
-                run.checkpoints() ? "checkpoint written, stopping" : "no checkpoint.dir set, nothing saved; stopping");
-    return 0;
-  }
-  if (res.stop == FitResult::kTimeLimit)
-    std::printf("time limit of %.0f s reached after %lld steps\n", tc.time_limit_s, static_cast<long long>(res.last_step));
-  const double val = res.val_loss;
-  if (res.last_step > first)
-    std::printf("\ntrained steps %lld..%lld in %.1f s (setup %.1f s)\n", static_cast<long long>(first + 1),
-                static_cast<long long>(res.last_step), res.train_seconds,
-                std::chrono::duration<double>(t_fit - t_load).count());
-  std::printf("final validation loss %.4f nats/token = %.3f x unigram entropy %.4f (%s 0.65)\n", val, val / entropy,
-              entropy, val / entropy <= 0.65 ? "<=" : ">");
-  if (!tc.save_weights.empty()) {
-    io::save_params(tc.save_weights, model.registry(), model.params(), {{"format", "tmoe"}});
-    std::printf("weights written to %s\n", tc.save_weights.c_str());
-  }
-  const std::string prompt_text = "The ";
-  const auto out = trainer.generate(detok.encode(prompt_text), tc.sample_tokens, tc.sample_temperature, tc.seed);
-  std::printf("\nsample (temperature %.2f):\n%s%s\n", tc.sample_temperature, prompt_text.c_str(), detok(out).c_str());
-  return 0;
+  if (!chosen) throw Error("unknown preset '" + opt.preset + "'", "model.preset", "one of " + names);
+  Config base;
+  chosen->defaults(base.model);
+  base.model.preset = opt.preset;
+  opt.cfg = io::load_config(argn, rest.data(), base);
+  for (const auto& [name, fn] : runs)
+    if (opt.preset == name) return fn(opt);
+  throw Error("preset '" + opt.preset + "' has no program", "train_moe_lm", "a run_ function for every preset");
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// Must not compile: MoE's second argument has a name but no forward_token/backward_token,
+// Must not compile: MoE's second argument has a name but no router kind or per-token math,
 // so it is not a Router. Expected: "the Router argument is not a Router".
 #include <tmoe/tmoe.hpp>
 

@@ -8,3 +8,6 @@ struct NotARouter {
 };
 
 template struct tmoe::MoE<tmoe::SwiGLU, tmoe::TopK>;
+template struct tmoe::MoE<tmoe::SwiGLU, tmoe::ExpertChoice, tmoe::CapacityFactor>::impl<float, tmoe::backend::Cpu>;
+template struct tmoe::MoE<tmoe::SwiGLU, tmoe::SigmoidBias, tmoe::Dropless, tmoe::Balancing<tmoe::AuxLoss, tmoe::BiasUpdate>>::impl<float, tmoe::backend::Cpu>;
+template struct tmoe::MoE<tmoe::SwiGLU, tmoe::GroupLimited<tmoe::TopK>, tmoe::CapacityFactor>;

@@ -92,7 +92,7 @@ using Prep = std::function<void(Buffers&, std::vector<double>&)>;
 template <class E>
 Summary check_moe(const char* what, const ModelConfig& cfg, unsigned seed, Prep prep = {}, Options o = {},
                   bool compare_reference = true) {
-  const std::int64_t n = 24, c = cfg.d_model, k = cfg.top_k;
+  const std::int64_t n = 24, c = cfg.d_model;
   Buffers buf;
   typename MoE<E, TopK>::template impl<double, Cpu> moe;
   moe.declare(buf.reg, "layers.0.moe", cfg);

@@ -8,9 +8,14 @@
 //   out.logits (B, T, V), out.ce, out.aux, out.total (0-d, F64)
 //   grad.<name>      ∂total/∂θ of one forward/backward on the batch
 //   step5.<name>     weights after 5 tmoe::Trainer AdamW steps on that same batch
+//   trace.step<s>.<name>   for buffers (the SigmoidBias router bias): the value after step s
+//                    (optimizer step + bias update), s = 0..4
 // and in __metadata__ every ModelConfig and TrainConfig field (model.<f>, train.<f>), the
-// block kinds (block.positions/ffn/expert/router, model.norm), the precision, and the
-// trainer's per-step gradient norms (before clipping) and learning rates.
+// block kinds (block.positions/attention/ffn/expert/expert_inner/router/router_inner/
+// capacity/balance, model.norm), the precision, the trainer's per-step gradient norms
+// (before clipping), learning rates and losses, and per MoE layer of the initial forward
+// the rows each expert processed, the assignments dropped by capacity and each balancing
+// term's unweighted value (forward.layers.<l>.kept/dropped/terms).
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -68,15 +73,41 @@ template <class E>
 struct ExpertOf<Dense<E>> {
   using type = E;
 };
-template <class E, class R>
-struct ExpertOf<MoE<E, R>> {
+template <class E, class R, class C, class Bal>
+struct ExpertOf<MoE<E, R, C, Bal>> {
   using type = E;
 };
+
+// The inner router of a wrapper (GroupLimited<Inner>), else the router itself.
+template <class R>
+struct InnerRouter {
+  using type = R;
+};
+template <class R>
+  requires requires { typename R::inner; }
+struct InnerRouter<R> {
+  using type = typename R::inner;
+};
+
+template <class Bal>
+std::string balance_names() {
+  std::string s;
+  for (std::size_t i = 0; i < Bal::size; ++i) s += (i ? "," : "") + std::string(Bal::names[i]);
+  return s;
+}
+template <class V>
+std::string join(const V& v) {
+  std::string s;
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + to_text(v[i]);
+  return s;
+}
 
 struct Variant {
   std::string name;
   ModelConfig model;
   TrainConfig train;
+  bool expect_drops = false;       // the initial forward must drop assignments (capacity)
+  bool expect_bias_moves = false;  // the router bias must move over the trainer's steps
 };
 
 // Model = DecoderLM<TransformerBlock<CausalAttention<Pos>, Ffn>, Norm>, P = Fp64 | Fp32.
@@ -108,6 +139,31 @@ void dump(const std::string& dir, const Variant& var) {
   const std::vector<T> grads(model.grads(), model.grads() + reg.total());
   const double ce = lp.ce, aux = lp.aux, total = lp.total;
 
+  // Routing of the initial forward, per MoE layer: rows processed and assignments dropped
+  // per expert, and each balancing term's unweighted value.
+  std::map<std::string, std::string> meta;
+  std::int64_t dropped_total = 0;
+  std::string routing;  // printed after the variant's first line
+  for (std::int64_t l = 0; l < model.n_layers(); ++l) {
+    const MoEStats* ms = model.moe_stats(l);
+    if (!ms) continue;
+    const std::string key = "forward.layers." + std::to_string(l) + ".";
+    meta[key + "kept"] = join(ms->tokens);
+    meta[key + "dropped"] = join(ms->dropped);
+    std::string terms;
+    for (std::size_t i = 0; i < ms->terms.size(); ++i)
+      terms += (i ? "," : "") + ms->terms[i].first + "=" + fmt(ms->terms[i].second);
+    meta[key + "terms"] = terms;
+    for (auto d : ms->dropped) dropped_total += d;
+    routing += "  layer " + std::to_string(l) + ": rows per expert " + join(ms->tokens) + ", dropped " +
+               join(ms->dropped) + ", terms " + terms + "\n";
+  }
+  if (var.expect_drops && dropped_total == 0) {
+    std::cerr << var.name << ": the capacity variant dropped no assignment in the initial forward; lower "
+              << "capacity_factor so the parity test covers dropping\n";
+    std::exit(1);
+  }
+
   // Five AdamW steps with the Trainer on that same batch.
   Trainer<Model, AdamW, P, Serial, backend::Cpu> trainer(cfg);
   for (std::int64_t i = 0; i < reg.total(); ++i)
@@ -120,10 +176,13 @@ void dump(const std::string& dir, const Variant& var) {
     std::copy(inputs.begin(), inputs.end(), in);
     std::copy(targets.begin(), targets.end(), tg);
   };
-  std::string norms, lrs;
+  std::string norms, lrs, losses;
   bool clipped = false;
+  // trace.step<s>.<buffer>: buffers (the router bias) after each step
+  std::vector<std::pair<std::string, std::vector<T>>> traces;
   std::cout << var.name << " (" << P::name << "): ce " << fmt(ce) << " aux " << fmt(aux) << " total " << fmt(total)
-            << "\n";
+            << "\n"
+            << routing;
   for (std::int64_t s = 0; s < cfg.train.steps; ++s) {
     const StepStats st = trainer.train_step(batch);
     const bool c = cfg.train.grad_clip > 0 && st.grad_norm > cfg.train.grad_clip;
@@ -132,12 +191,29 @@ void dump(const std::string& dir, const Variant& var) {
               << fmt(st.lr) << (c ? "  (clipped)" : "") << "\n";
     norms += (s ? "," : "") + fmt(st.grad_norm);
     lrs += (s ? "," : "") + fmt(st.lr);
+    losses += (s ? "," : "") + fmt(st.loss);
+    for (auto& p : reg.params())
+      if (p.has(kTagBuffer)) {
+        const T* w = trainer.model().params() + p.offset;
+        traces.emplace_back("trace.step" + std::to_string(s) + "." + p.name, std::vector<T>(w, w + p.numel()));
+        std::cout << "    " << p.name << " after step " << s << ": " << join(traces.back().second) << "\n";
+      }
   }
   std::cout << "  clipping " << (clipped ? "triggered" : "did not trigger") << " (grad_clip " << cfg.train.grad_clip
             << ")\n";
   const T* final_params = trainer.model().params();
+  if (var.expect_bias_moves) {
+    bool moved = false;
+    for (auto& p : reg.params())
+      if (p.has(kTagBuffer))
+        for (std::int64_t i = 0; i < p.numel(); ++i) moved = moved || final_params[p.offset + i] != init[p.offset + i];
+    if (!moved) {
+      std::cerr << var.name << ": the router bias did not move over " << cfg.train.steps
+                << " steps; raise bias_update_rate\n";
+      std::exit(1);
+    }
+  }
 
-  std::map<std::string, std::string> meta;
   meta["variant"] = var.name;
   meta["precision"] = P::name;
   add_fields(meta, "model.", cfg.model);
@@ -147,11 +223,19 @@ void dump(const std::string& dir, const Variant& var) {
   meta["block.attention"] = Block::attention::name;
   meta["block.ffn"] = Ffn::name;
   meta["block.expert"] = ExpertOf<Ffn>::type::name;
-  if constexpr (Ffn::is_moe) meta["block.router"] = Ffn::router_policy::name;
+  if constexpr (Ffn::is_moe) {
+    using Router = typename Ffn::router_policy;
+    meta["block.expert_inner"] = dense_expert_t<typename Ffn::expert_policy>::name;
+    meta["block.router"] = Router::name;
+    meta["block.router_inner"] = InnerRouter<Router>::type::name;
+    meta["block.capacity"] = Ffn::capacity_policy::name;
+    meta["block.balance"] = balance_names<typename Ffn::balance_policy>();
+  }
   meta["batch.B"] = std::to_string(kBatch);
   meta["batch.T"] = std::to_string(kSeq);
   meta["trainer.grad_norms"] = norms;
   meta["trainer.lrs"] = lrs;
+  meta["trainer.losses"] = losses;
   meta["trainer.clipped"] = clipped ? "true" : "false";
 
   std::vector<io::TensorRef> refs;
@@ -165,6 +249,8 @@ void dump(const std::string& dir, const Variant& var) {
   refs.push_back({"out.total", "F64", {}, &total});
   for (auto& p : reg.params()) refs.push_back({"grad." + p.name, dt, dims(p.shape), grads.data() + p.offset});
   for (auto& p : reg.params()) refs.push_back({"step5." + p.name, dt, dims(p.shape), final_params + p.offset});
+  for (auto& [name, values] : traces)
+    refs.push_back({name, dt, {static_cast<std::int64_t>(values.size())}, values.data()});
   const std::string path = dir + "/" + var.name + ".safetensors";
   io::write_safetensors(path, refs, meta);
   std::cout << "  wrote " << path << " (" << reg.size() << " parameters)\n";
@@ -239,6 +325,97 @@ int main(int argc, char** argv) {
       v.train.grad_clip = 0.0;
       v.train.seed = 11;
       dump<DecoderLM<TransformerBlock<RopeAttn, Dense<SwiGLU>>, RmsNorm>, Fp64>(dir, v);
+    }
+
+    // ---- the MoE variants of issue 4 (all fp64, RoPE + RMSNorm, tiny shapes)
+    // (g) TopK at router temperature 0.5 (sharper), renormalised, gates × route_scale 1.5,
+    //     z-loss weight raised so its term (on the RAW logits) carries weight
+    {
+      Variant v{"g_topk_temperature0.5_scale1.5_fp64", test::tiny_model(), tc};
+      v.model.router_temperature = 0.5;
+      v.model.route_scale = 1.5;
+      v.model.z_loss_weight = 1e-2;
+      v.train.seed = 12;
+      dump<DecoderLM<TransformerBlock<RopeAttn, MoE<SwiGLU, TopK>>, RmsNorm>, Fp64>(dir, v);
+    }
+    // (h) TopK at temperature 2 (flatter), unnormalised gates (softmax-then-top-k), k = 3
+    {
+      Variant v{"h_topk_temperature2_unnorm_k3_fp64", test::tiny_model(), tc};
+      v.model.router_temperature = 2.0;
+      v.model.router_renormalize = false;
+      v.model.top_k = 3;
+      v.model.z_loss_weight = 1e-2;
+      v.train.seed = 13;
+      dump<DecoderLM<TransformerBlock<RopeAttn, MoE<SwiGLU, TopK>>, RmsNorm>, Fp64>(dir, v);
+    }
+    // (i) Switch: k = 1, unnormalised gate, CapacityFactor 1.0 (C = 8 of 32 tokens over 4
+    //     experts), drop_policy probability: overflowing experts keep their largest gates
+    {
+      Variant v{"i_switch_capacity1.0_probability_fp64", test::tiny_model(), tc};
+      v.model.top_k = 1;
+      v.model.router_renormalize = false;
+      v.model.capacity_factor = 1.0;
+      v.model.drop_policy = "probability";
+      v.expect_drops = true;
+      v.train.seed = 14;
+      dump<DecoderLM<TransformerBlock<RopeAttn, SwitchMoE<SwiGLU>>, RmsNorm>, Fp64>(dir, v);
+    }
+    // (j) Switch with drop_policy position and capacity factor 0.75 (C = 6): the earliest
+    //     assignments are kept
+    {
+      Variant v{"j_switch_capacity0.75_position_fp64", test::tiny_model(), tc};
+      v.model.top_k = 1;
+      v.model.router_renormalize = false;
+      v.model.capacity_factor = 0.75;
+      v.model.drop_policy = "position";
+      v.expect_drops = true;
+      v.train.seed = 15;
+      dump<DecoderLM<TransformerBlock<RopeAttn, SwitchMoE<SwiGLU>>, RmsNorm>, Fp64>(dir, v);
+    }
+    // (k) DeepSeek-V3 style: GroupLimited<SigmoidBias> (8 experts in 4 groups, 2 groups
+    //     eligible, k = 3), gates renormalised × route_scale 2.5, one shared expert, the
+    //     first layer dense (3 layers: dense, MoE, MoE), balancing = Switch aux + sequence-wise
+    //     aux + z-loss + the aux-loss-free bias update with a rate (0.02) that moves the bias
+    //     every step and changes the selections
+    {
+      Variant v{"k_deepseek_grouplimited_sigmoidbias_shared_fp64", test::tiny_model(), tc};
+      v.model.n_layers = 3;
+      v.model.n_experts = 8;
+      v.model.n_groups = 4;
+      v.model.top_groups = 2;
+      v.model.top_k = 3;
+      v.model.d_expert = 16;
+      v.model.route_scale = 2.5;
+      v.model.seq_aux_loss_weight = 1e-2;
+      v.model.bias_update_rate = 0.02;
+      v.model.n_shared_experts = 1;
+      v.model.moe_first_dense = 1;
+      v.expect_bias_moves = true;
+      v.train.seed = 16;
+      using DeepSeekMoE =
+          MoE<SwiGLU, GroupLimited<SigmoidBias>, Dropless, Balancing<AuxLoss, SeqAuxLoss, ZLoss, BiasUpdate>>;
+      dump<DecoderLM<TransformerBlock<RopeAttn, DeepSeekMoE>, RmsNorm>, Fp64>(dir, v);
+    }
+    // (l) shared experts: MoE<SwiGLU, TopK> plus 2 shared experts of width 12 (one FFN of
+    //     width 24 on every token), k = 1 renormalised (gate 1)
+    {
+      Variant v{"l_topk_shared_experts2_fp64", test::tiny_model(), tc};
+      v.model.n_shared_experts = 2;
+      v.model.d_shared_expert = 12;
+      v.model.top_k = 1;
+      v.train.seed = 17;
+      dump<DecoderLM<TransformerBlock<RopeAttn, MoE<SwiGLU, TopK>>, RmsNorm>, Fp64>(dir, v);
+    }
+    // (m) TransformerExpert<SwiGLU>: each expert is 2 pre-norm layers with 2-head causal
+    //     attention over the routed tokens of each sequence (RoPE positions = index within
+    //     the routed subsequence), k = 2
+    {
+      Variant v{"m_transformer_expert_depth2_heads2_fp64", test::tiny_model(), tc};
+      v.model.expert_depth = 2;
+      v.model.expert_heads = 2;
+      v.model.d_expert = 16;
+      v.train.seed = 18;
+      dump<DecoderLM<TransformerBlock<RopeAttn, MoE<TransformerExpert<SwiGLU>, TopK>>, RmsNorm>, Fp64>(dir, v);
     }
   } catch (const std::exception& e) {
     std::cerr << "reference_parity_dump: " << e.what() << "\n";

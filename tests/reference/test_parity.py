@@ -8,9 +8,22 @@ the model in PyTorch (torch_ref.py; float64 for fp64 variants, float32 for fp32 
 the file's __metadata__, load the initial weights, run the batch, and compare with tmoe:
   - the forward: out.ce, out.aux (weighted balancing losses), out.total, out.logits;
   - every parameter gradient grad.<name> (the set of names must match exactly);
+  - per MoE layer of that forward, the routing: rows per expert and assignments dropped by
+    capacity (exact integers; a capacity_factor variant must drop some, else it fails as
+    vacuous) and each balancing term's unweighted value (forward.layers.<l>.*);
   - 5 steps of torch.optim.AdamW (foreach=False, parameter groups by the conventions' decay
     rule, clip_grad_norm_, the warm-up + cosine schedule computed by hand) against
-    step5.<name>, plus the per-step gradient norms and learning rates the Trainer reported.
+    step5.<name>, plus the per-step gradient norms, learning rates and losses the Trainer
+    reported; after each optimizer step the reference applies the router-bias update
+    (BiasUpdate: b += γ·sign(mean load − load), outside autograd) and compares the bias with
+    trace.step<s>.<name> (a variant with the update must move it, else it fails as vacuous).
+    The bias is a buffer: its gradient must be exactly 0 and AdamW does not see it.
+The MoE variants (issue 4) cover router temperature and route_scale, Switch routing with
+capacity dropping (probability and position policies), GroupLimited<SigmoidBias> with
+Balancing<AuxLoss, SeqAuxLoss, ZLoss, BiasUpdate>, a shared expert and a leading dense layer,
+shared experts on TopK, and a two-layer TransformerExpert; the tolerances below hold for them
+unchanged (measured ≤ 2e-15 on forwards and gradients, ≤ 2e-13 on step-5 weights; the bias,
+a sum of ±γ, matches exactly).
 Prints a table of ‖a−b‖/‖b‖ (a = tmoe, b = PyTorch) and max |a−b| per quantity with the
 tolerance each check used; exits 1 if any check fails or the directory holds no dump.
 
@@ -69,7 +82,7 @@ except ImportError as exc:  # torch is a required dependency of this test: fail,
     print(f"test_parity.py: FAILED: cannot import torch with {sys.executable}: {exc}", file=sys.stderr)
     sys.exit(1)
 
-from torch_ref import (DecoderLMRef, RefConfig, param_groups, read_safetensors,  # noqa: E402
+from torch_ref import (DecoderLMRef, RefConfig, param_groups, param_tags, read_safetensors,  # noqa: E402
                        warmup_cosine_lr)
 
 TOLERANCES = {
@@ -78,7 +91,7 @@ TOLERANCES = {
     "fp32": {"forward": 1e-4, "grad": 1e-4, "step5": 1e-4, "update": 1e-3, "step5_atol": None,
              "grad_norm": 1e-5, "lr": 1e-14},
 }
-PREFIXES = ("batch.", "out.", "grad.", "step5.")
+PREFIXES = ("batch.", "out.", "grad.", "step5.", "trace.")
 
 
 def errors(a: torch.Tensor, b: torch.Tensor):
@@ -121,6 +134,42 @@ class Report:
             print(" | ".join(str(c).ljust(w[i]) for i, c in enumerate(cells)))
 
 
+def check_routing(variant, cfg, model, meta, tol, rep) -> bool:
+    """The initial forward's routing per MoE layer against tmoe's (forward.layers.<l>.*): rows
+    per expert and assignments dropped by capacity (exact integers), each balancing term's
+    unweighted value (forward tolerance). A capacity variant must drop something, else the
+    capacity check would be vacuous. Returns False when the dump lacks the routing keys of
+    an MoE layer (or has them for a dense one)."""
+    moe = {l: blk.moe for l, blk in enumerate(model.layers) if blk.is_moe}
+    dumped = sorted({int(k.split(".")[2]) for k in meta if k.startswith("forward.layers.")})
+    if dumped != sorted(moe):
+        rep.fail(variant, f"MoE layers: tmoe {dumped}, reference {sorted(moe)}")
+        return False
+    dropped_total = 0
+    for l, m in moe.items():
+        key = f"forward.layers.{l}."
+        kept = [int(x) for x in meta[key + "kept"].split(",")]
+        dropped = [int(x) for x in meta[key + "dropped"].split(",")]
+        ok = kept == m.last_counts.tolist() and dropped == m.last_dropped.tolist()
+        dropped_total += sum(m.last_dropped.tolist())
+        rep.check(variant, f"layer {l} rows/dropped per expert", 0.0 if ok else math.inf, 0.0 if ok else math.inf,
+                  "exact", 0.0, f"tmoe {kept}/{dropped}" + ("" if ok else f" torch {m.last_counts.tolist()}/"
+                                                                      f"{m.last_dropped.tolist()}"))
+        terms = dict(t.split("=") for t in meta[key + "terms"].split(",") if t)
+        if sorted(terms) != sorted(m.last_terms):
+            rep.fail(variant, f"layer {l} balancing terms: tmoe {sorted(terms)}, reference {sorted(m.last_terms)}")
+            continue
+        for name, text in terms.items():
+            rel, mx = errors(torch.tensor([float(text)], dtype=torch.float64),
+                             torch.tensor([m.last_terms[name]], dtype=torch.float64))
+            rep.check(variant, f"layer {l} term {name}", rel, mx, "forward", tol["forward"])
+    if cfg.capacity == "capacity_factor":
+        print(f"{variant}: capacity C = {meta.get('model.capacity_factor')}·N·k/E drops {dropped_total} assignments")
+        if dropped_total == 0:
+            rep.fail(variant, "the capacity variant dropped nothing: its capacity check is vacuous")
+    return True
+
+
 def run_variant(path: str, rep: Report) -> None:
     tensors, meta = read_safetensors(path)
     variant = meta.get("variant", os.path.basename(path))
@@ -131,7 +180,13 @@ def run_variant(path: str, rep: Report) -> None:
     tol = TOLERANCES[precision]
     dtype = torch.float64 if precision == "fp64" else torch.float32
     cfg = RefConfig.from_metadata(meta)
+    unknown = RefConfig.unmodelled_fields(meta)
+    if unknown:
+        print(f"note: {variant}: metadata fields the reference does not model: {unknown}")
     model = DecoderLMRef(cfg, dtype=dtype)
+    print(f"{variant}: router {cfg.router}/{cfg.inner_router}, capacity {cfg.capacity}, balance "
+          f"{','.join(cfg.balance)}, expert {cfg.expert}/{cfg.ffn_expert}, moe layers "
+          f"{[l for l in range(cfg.n_layers) if cfg.is_moe_layer(l)]}")
 
     # ---- names: file parameters == grad.* == step5.* == the reference's parameters
     names = [n for n in tensors if not n.startswith(PREFIXES)]
@@ -153,14 +208,17 @@ def run_variant(path: str, rep: Report) -> None:
     ids = tensors["batch.inputs"].long()
     tg = tensors["batch.targets"].long()
 
-    # ---- forward + backward
+    # ---- forward + backward (inference mode: no bias-update load is counted)
+    model.eval()
     for p in model.parameters():
-        p.grad = torch.zeros_like(p)  # unrouted experts get zero gradients, as in tmoe
+        p.grad = torch.zeros_like(p)  # unrouted experts (and the router bias) get zero gradients, as in tmoe
     logits, ce, aux, total = model(ids, tg)
     total.backward()
     for q, ref in (("ce", ce), ("aux", aux), ("total", total), ("logits", logits)):
         rel, mx = errors(tensors["out." + q], ref)
         rep.check(variant, q, rel, mx, "forward", tol["forward"])
+    if not check_routing(variant, cfg, model, meta, tol, rep):
+        return
     worst = (-1.0, 0.0, "")
     sq_d = sq_b = gmax = 0.0
     for n, p in model.named_parameters():
@@ -188,13 +246,19 @@ def run_variant(path: str, rep: Report) -> None:
         return
     tm_norms = [float(x) for x in meta["trainer.grad_norms"].split(",")]
     tm_lrs = [float(x) for x in meta["trainer.lrs"].split(",")]
+    tm_losses = [float(x) for x in meta["trainer.losses"].split(",")] if "trainer.losses" in meta else None
+    buffers = [n for n in own if "buffer" in param_tags(n)]
+    own_params = dict(model.named_parameters())
+    trace_worst = (-1.0, 0.0, "")
 
     model.load({n: tensors[n] for n in names})
+    model.train()
     opt = torch.optim.AdamW(param_groups(model, wd), lr=lr, betas=betas, eps=eps, weight_decay=wd, foreach=False)
-    norms, lrs = [], []
+    norms, lrs, losses = [], [], []
     for s in range(steps):
         opt.zero_grad(set_to_none=False)
         _, _, _, tot = model(ids, tg)
+        losses.append(tot.item())
         tot.backward()
         params = list(model.parameters())
         if clip > 0:
@@ -207,6 +271,15 @@ def run_variant(path: str, rep: Report) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_s
         opt.step()
+        model.after_step()  # router-bias update (BiasUpdate), after the optimizer step as tmoe's Trainer
+        for n in buffers:  # the bias trajectory, step by step
+            key = f"trace.step{s}.{n}"
+            if key not in tensors:
+                rep.fail(variant, f"the dump lacks {key}")
+                return
+            rel, mx = errors(tensors[key], own_params[n])
+            if rel > trace_worst[0]:
+                trace_worst = (rel, mx, f"{n} @ step {s}")
     clipped = [i for i, g in enumerate(norms) if clip > 0 and g > clip]
     print(f"{variant}: torch grad norms {['%.6f' % g for g in norms]}; clipped at steps {clipped} "
           f"(max_norm {clip:g}); lrs {['%.6g' % x for x in lrs]}")
@@ -214,6 +287,16 @@ def run_variant(path: str, rep: Report) -> None:
     rep.check(variant, "grad norms, 5 steps", rel, mx, "grad_norm", tol["grad_norm"])
     rel, mx = errors(torch.tensor(tm_lrs, dtype=torch.float64), torch.tensor(lrs, dtype=torch.float64))
     rep.check(variant, "learning rates, 5 steps", rel, mx, "lr", tol["lr"])
+    if tm_losses is not None:
+        rel, mx = errors(torch.tensor(tm_losses, dtype=torch.float64), torch.tensor(losses, dtype=torch.float64))
+        rep.check(variant, "losses, 5 steps", rel, mx, "forward", tol["forward"])
+    if buffers:
+        if "bias_load_max" in cfg.balance:
+            moved = any(bool((own_params[n] != tensors[n].to(own_params[n].dtype)).any()) for n in buffers)
+            if not moved:
+                rep.fail(variant, "the router bias never moved: the bias-update check is vacuous")
+        rep.check(variant, f"router bias after each step ({len(buffers)}x{steps})", trace_worst[0], trace_worst[1],
+                  "step5", tol["step5"], trace_worst[2])
 
     worst_w = (-1.0, 0.0, "")
     worst_u = (-1.0, 0.0, "")

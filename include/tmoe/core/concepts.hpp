@@ -47,8 +47,8 @@ concept PrecisionPolicy = Named<P> && requires {
 
 // A router: per-token math from router logits to expert ids and gate weights, and back
 // (moe/routing.hpp). Token-choice routers provide scores/gates/backward per token; an
-// expert-choice router scores per token and lets each expert pick; a hash router maps a
-// token id to experts with nothing learned.
+// expert-choice router scores per token and lets each expert pick (both score router logits,
+// so both are `learned`); a hash router maps a token id to experts with nothing learned.
 template <class R>
 concept RouterTraits = Named<R> && requires {
   { R::kind } -> std::convertible_to<RouterKind>;
@@ -56,7 +56,7 @@ concept RouterTraits = Named<R> && requires {
   { R::has_bias } -> std::convertible_to<bool>;
 };
 template <class R>
-concept TokenChoiceRouter = RouterTraits<R> && R::kind == RouterKind::kTokenChoice &&
+concept TokenChoiceRouter = RouterTraits<R> && R::kind == RouterKind::kTokenChoice && R::learned &&
     requires(const RouterParams& rp, const double* l, std::int32_t* ids, const std::int32_t* cids, double* g,
              double* p, const double* c, double* dl) {
   R::template scores_token<double>(rp, l, c, p, g);
@@ -64,7 +64,7 @@ concept TokenChoiceRouter = RouterTraits<R> && R::kind == RouterKind::kTokenChoi
   R::template backward_token<double>(rp, l, c, cids, c, c, c, dl);
 };
 template <class R>
-concept ExpertChoiceRouter = RouterTraits<R> && R::kind == RouterKind::kExpertChoice &&
+concept ExpertChoiceRouter = RouterTraits<R> && R::kind == RouterKind::kExpertChoice && R::learned &&
     requires(const RouterParams& rp, const double* l, double* p, const double* c, double* dl) {
   R::template scores_token<double>(rp, l, c, p, p);
   R::template backward_token<double>(rp, l, c, c, dl);

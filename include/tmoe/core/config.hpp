@@ -24,6 +24,9 @@ constexpr Field<C, M> field(const char* name, M C::*member, const char* help) {
 }
 
 struct ModelConfig {
+  std::string preset;             // the compiled composition a program offers under this name
+                                  // (train_moe_lm: mixtral-like, deepseek-like, ...); the
+                                  // library itself does not read it
   std::int64_t vocab_size = 256;
   std::int64_t context = 256;     // maximum sequence length T
   std::int64_t d_model = 256;
@@ -62,6 +65,7 @@ struct ModelConfig {
   static constexpr auto fields() {
     using C = ModelConfig;
     return std::make_tuple(
+        field("preset", &C::preset, "named model composition of the program (train_moe_lm --help lists them)"),
         field("vocab_size", &C::vocab_size, "token vocabulary size"),
         field("context", &C::context, "maximum sequence length"),
         field("d_model", &C::d_model, "residual stream width"),

@@ -500,10 +500,12 @@ inline void apply_override(Config& cfg, const std::string& arg) {
   cfg = std::move(updated);
 }
 
-// Defaults, then `--config FILE` / `--config=FILE` if given (wherever it stands), then
-// every other argument as an override, left to right; validated at the end. argv[0] is
-// the program name. `--help` is the caller's business: handle it before calling this.
-inline Config load_config(int argc, const char* const* argv) {
+// `base` (the defaults, or a program's preset defaults), then `--config FILE` /
+// `--config=FILE` if given (wherever it stands), then every other argument as an override,
+// left to right; validated at the end unless `validate` is false (a first pass that only
+// reads which preset to use). argv[0] is the program name. `--help` is the caller's
+// business: handle it before calling this.
+inline Config load_config(int argc, const char* const* argv, Config base = {}, bool validate = true) {
   using detail::cat;
   const std::string where = "command line";
   std::optional<std::string> config_path;
@@ -526,9 +528,9 @@ inline Config load_config(int argc, const char* const* argv) {
     if (config_path) throw Error("--config is given twice", where, "at most one --config FILE");
     config_path = std::move(path);
   }
-  Config cfg = config_path ? load_config_file(*config_path) : Config{};
+  Config cfg = config_path ? load_config_file(*config_path, std::move(base)) : std::move(base);
   for (const auto& o : overrides) apply_override(cfg, o);
-  cfg.validate();
+  if (validate) cfg.validate();
   return cfg;
 }
 

@@ -3,7 +3,9 @@
 //   embedding (+ learned positions) -> n_layers x Block -> final Norm -> head (tied or not)
 // with sizes from the run-time ModelConfig. All parameters live in one flat buffer (and
 // gradients in another) described by the registry; layers hold views into them.
-// Loss = mean cross-entropy over tokens + Σ_layers (aux_w · aux + z_w · z)  (conventions.md).
+// Loss = mean cross-entropy over tokens + Σ_MoE layers Σ_balancing terms weight · value
+// (conventions.md). Layers the config marks dense (moe_first_dense, moe_every) use the
+// block's dense feed-forward instead of its MoE.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

@@ -27,8 +27,9 @@ struct CapacityFactor {
   static constexpr bool drops = true;
 };
 
-// C = ceil(factor · n · k / e), clamped to [1, n].
+// C = ceil(factor · n · k / e), clamped to [1, n] (0 for an empty batch).
 inline std::int64_t expert_capacity(double factor, std::int64_t n, std::int64_t k, std::int64_t e) {
+  if (n <= 0) return 0;
   const double c = std::ceil(factor * static_cast<double>(n) * static_cast<double>(k) / static_cast<double>(e) - 1e-9);
   return std::clamp<std::int64_t>(static_cast<std::int64_t>(c), 1, std::max<std::int64_t>(n, 1));
 }

@@ -404,7 +404,7 @@ struct MoE {
         std::int32_t *ex = a_expert.data(), *tk = a_token.data();
         T* gt = rgates.data();
         const std::int64_t nn = n;
-        parallel_for(e, [=](std::int64_t x2) {
+        parallel_for(cc > 0 ? e : 0, [=](std::int64_t x2) {
           std::vector<std::int32_t> order(static_cast<std::size_t>(nn));
           std::iota(order.begin(), order.end(), 0);
           std::nth_element(order.begin(), order.begin() + (cc - 1), order.end(), [&](std::int32_t u, std::int32_t v) {
@@ -532,7 +532,9 @@ struct MoE {
       const T *lg = logits.data(), *pr = probs.data(), *gt = rgates.data(), *dg = dgate.data();
       const double *dr = draw.data(), inv_t = 1.0 / temperature;
       T* dl = dlogits.data();
-      if constexpr (kTokenChoice) {
+      if constexpr (RouterP::kind == RouterKind::kHash) {
+        return;  // nothing learned, nothing to propagate
+      } else if constexpr (kTokenChoice) {
         const std::int32_t* ex = a_expert.data();
         const std::int64_t kk = k;
         B::for_rows(n, [=](std::int64_t t) {
