@@ -13,6 +13,7 @@
 
 #include "tmoe/io/yaml_config.hpp"
 #include "tmoe/tmoe.hpp"
+#include "gemm_peak.hpp"
 
 using namespace tmoe;
 using Clock = std::chrono::steady_clock;
@@ -22,25 +23,6 @@ namespace {
 using Block = TransformerBlock<CausalAttention<Rope>, MoE<SwiGLU, TopK>>;
 using Model = DecoderLM<Block, RmsNorm>;
 using Train = Trainer<Model, AdamW, Fp32, Serial, backend::Cpu>;
-
-// The machine's matrix-multiply peak as DESIGN.md defines it: plain Eigen SGEMM on
-// 1024^3 (no tmoe tiling), one independent product per thread running concurrently, so the
-// all-thread figure is the sum of what each core reaches. Best of several repetitions.
-double sgemm_peak(int nthreads) {
-  using M = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  const int n = 1024;
-  std::vector<M> a(nthreads, M::Constant(n, n, 0.5f)), b(nthreads, M::Constant(n, n, 0.25f)), c(nthreads, M(n, n));
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = Clock::now();
-    std::vector<std::thread> ts;
-    for (int i = 0; i < nthreads; ++i) ts.emplace_back([&, i] { c[i].noalias() = a[i] * b[i]; });
-    for (auto& t : ts) t.join();
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    best = std::max(best, 2.0 * n * n * n * nthreads / s / 1e9);
-  }
-  return best;
-}
 
 }  // namespace
 
@@ -93,7 +75,7 @@ int main(int argc, char** argv) {
                 (long long)cfg.model.top_k, (long long)cfg.model.d_expert, (long long)b, (long long)t);
     for (int th : thread_settings) {
       set_threads(th);
-      const double peak = sgemm_peak(th);
+      const double peak = bench::sgemm_peak(th);
       Train trainer(cfg);
       for (std::int64_t i = 0; i < warmup; ++i) trainer.train_step(batches);
       // Median step time: this machine is a VM whose speed drifts between runs by 10-15%,
