@@ -1,6 +1,7 @@
 #pragma once
 // tmoe — umbrella header for CPU programs.
 #include "tmoe/backend/cpu/cpu.hpp"
+#include "tmoe/backend/stored.hpp"
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
 #include "tmoe/core/error.hpp"
@@ -26,8 +27,14 @@
 #include "tmoe/moe/routers/sigmoid_bias.hpp"
 #include "tmoe/moe/routers/topk.hpp"
 #include "tmoe/optim/adamw.hpp"
+#include "tmoe/optim/choice.hpp"
+#include "tmoe/optim/lion.hpp"
+#include "tmoe/optim/sgd.hpp"
+#include "tmoe/optim/sign_momentum.hpp"
 #include "tmoe/optim/clip.hpp"
 #include "tmoe/optim/schedule.hpp"
 #include "tmoe/parallel/serial.hpp"
+#include "tmoe/precision/loss_scaler.hpp"
+#include "tmoe/precision/narrow.hpp"
 #include "tmoe/precision/precision.hpp"
 #include "tmoe/train/trainer.hpp"

@@ -88,16 +88,16 @@ BOOST_AUTO_TEST_CASE(file_shape_errors) {
 BOOST_AUTO_TEST_CASE(unknown_sections_and_keys_in_a_file) {
   run_file_cases({
       {"section_typo", "trian:\n  lr: 0.1\n", {"unknown section 'trian'; did you mean 'train'?", ":1:1"}},
-      {"section_far", "optimizer:\n  lr: 0.1\n", {"unknown section 'optimizer'", "model, train, data"}, {"did you mean"}},
+      {"section_far", "hardware:\n  lr: 0.1\n", {"unknown section 'hardware'", "model, train, data"}, {"did you mean"}},
       {"key_long_name", "train:\n  learning_rate: 0.1\n",
        {"unknown key 'train.learning_rate'; did you mean 'train.lr'?", ":2:3"}},
       {"key_typo", "train:\n  stpes: 10\n", {"unknown key 'train.stpes'; did you mean 'train.steps'?"}},
       {"key_missing_letter", "model:\n  n_expert: 4\n", {"did you mean 'model.n_experts'?"}},
-      {"key_prefix", "train:\n  warmup: 0.1\n", {"did you mean 'train.warmup_fraction'?"}},
+      {"key_prefix", "train:\n  grad_acc: 2\n", {"did you mean 'train.grad_accum'?"}},
       {"key_other_section", "model:\n  lr: 0.1\n", {"unknown key 'model.lr'; did you mean 'train.lr'?"}},
       {"key_far", "train:\n  banana: 1\n", {"unknown key 'train.banana'"}, {"did you mean"}},
       // An unknown key is reported even when its value is a list.
-      {"key_unknown_list", "train:\n  schedule: [1, 2]\n", {"unknown key 'train.schedule'"}},
+      {"key_unknown_list", "train:\n  milestones: [1, 2]\n", {"unknown key 'train.milestones'"}},
   });
 }
 

@@ -92,13 +92,18 @@ concept Expert = Named<E> && requires {
   { E::template impl<double, detail::NoBackend>::weights(std::declval<const ExpertShape&>()) } -> std::convertible_to<std::int64_t>;
 };
 
-// An optimizer: an update rule with `slots` state arrays per parameter element, built from
-// the training config (its hyperparameters are run-time numbers).
+// An optimizer: an update rule with at most `slots` state arrays per parameter element,
+// built from the training config (its hyperparameters are run-time numbers). used_slots()
+// says how many the configured rule uses (SGD without momentum: none), slot_name(s) names
+// them in checkpoints, and active_name() names the configured rule.
 template <class O>
 concept Optimizer = Named<O> && requires(const O& o, double* p, const double* g, double** state, float* pf,
                                          const float* gf, float** statef, const TrainConfig& tc) {
   { O::slots } -> std::convertible_to<int>;
   { O::from_config(tc) } -> std::same_as<O>;
+  { o.used_slots() } -> std::convertible_to<int>;
+  { o.slot_name(0) } -> std::convertible_to<std::string_view>;
+  { o.active_name() } -> std::convertible_to<std::string_view>;
   o.update(p, g, state, std::int64_t{}, 0.0, 0.0, std::int64_t{});
   o.update(pf, gf, statef, std::int64_t{}, 0.0, 0.0, std::int64_t{});
 };

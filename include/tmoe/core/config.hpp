@@ -7,6 +7,9 @@
 #include <cstdint>
 #include <string>
 #include <tuple>
+#include <vector>
+#include <cstdlib>
+#include <algorithm>
 
 #include "tmoe/core/error.hpp"
 
@@ -61,6 +64,12 @@ struct ModelConfig {
   double rope_base = 10000.0;
   double init_std = 0.02;
   bool gelu_exact = false;        // GELU: tanh approximation (default) or exact erf
+  double dropout = 0;             // training: on the attention and feed-forward outputs before each residual add
+  double attn_dropout = 0;        // training: on the attention probabilities
+  std::string expert_dropout;     // training: dropout on routed experts' hidden activations: one rate for
+                                  // all, or comma-separated rates, one per expert group (n_groups) or expert
+  double expert_drop_rate = 0;    // training: drop a token's contribution from one routed expert (gates renormalised)
+  std::string recompute = "none"; // activation recomputation: none | full (per block) | selective
 
   static constexpr auto fields() {
     using C = ModelConfig;
@@ -100,7 +109,40 @@ struct ModelConfig {
         field("norm_eps", &C::norm_eps, "epsilon of RMSNorm/LayerNorm"),
         field("rope_base", &C::rope_base, "RoPE frequency base"),
         field("init_std", &C::init_std, "standard deviation of initial weights"),
-        field("gelu_exact", &C::gelu_exact, "exact erf GELU instead of the tanh approximation"));
+        field("gelu_exact", &C::gelu_exact, "exact erf GELU instead of the tanh approximation"),
+        field("dropout", &C::dropout, "training dropout on attention/FFN outputs before the residual add"),
+        field("attn_dropout", &C::attn_dropout, "training dropout on attention probabilities"),
+        field("expert_dropout", &C::expert_dropout,
+              "dropout on routed experts' hidden activations: one rate, or one per expert group or expert"),
+        field("expert_drop_rate", &C::expert_drop_rate,
+              "probability of dropping a token's assignment to one routed expert (gates renormalised)"),
+        field("recompute", &C::recompute, "activation recomputation: none | full | selective"));
+  }
+
+  // expert_dropout as one rate per routed expert (empty string: all zero).
+  std::vector<double> expert_dropout_rates() const {
+    std::vector<double> rates;
+    std::size_t i = 0;
+    while (!expert_dropout.empty() && i <= expert_dropout.size()) {
+      const std::size_t j = std::min(expert_dropout.find(',', i), expert_dropout.size());
+      const std::string item = expert_dropout.substr(i, j - i);
+      char* end = nullptr;
+      const double v = std::strtod(item.c_str(), &end);
+      if (item.empty() || end != item.c_str() + item.size() || !(v >= 0 && v < 1))
+        throw Error("expert_dropout item '" + item + "' is not a rate in [0, 1)", "model.expert_dropout",
+                    "one rate, or comma-separated rates in [0, 1) (one per expert group or per expert)");
+      rates.push_back(v);
+      i = j + 1;
+    }
+    if (rates.empty()) return std::vector<double>(static_cast<std::size_t>(n_experts), 0.0);
+    const auto k = static_cast<std::int64_t>(rates.size());
+    if (k != 1 && k != n_groups && k != n_experts)
+      throw Error(detail::cat("expert_dropout lists ", k, " rates"), "model.expert_dropout",
+                  detail::cat("1 rate, ", n_groups, " (one per expert group) or ", n_experts, " (one per expert)"));
+    std::vector<double> per(static_cast<std::size_t>(n_experts));
+    for (std::int64_t e = 0; e < n_experts; ++e)
+      per[static_cast<std::size_t>(e)] = rates[static_cast<std::size_t>(k == 1 ? 0 : k == n_experts ? e : e / (n_experts / n_groups))];
+    return per;
   }
 
   void validate() const {
@@ -162,6 +204,15 @@ struct ModelConfig {
       throw Error(detail::cat("expert_depth is ", expert_depth), "model.expert_depth",
                   "at least 1 layer per TransformerExpert");
     if (expert_heads < 0) throw Error(detail::cat("expert_heads is ", expert_heads), "model.expert_heads", ">= 0 (0 = n_heads)");
+    auto rate = [](double v, const char* name) {
+      if (!(v >= 0 && v < 1)) throw Error(detail::cat(name, " is ", v), detail::cat("model.", name), "a rate in [0, 1)");
+    };
+    rate(dropout, "dropout");
+    rate(attn_dropout, "attn_dropout");
+    rate(expert_drop_rate, "expert_drop_rate");
+    (void)expert_dropout_rates();
+    if (recompute != "none" && recompute != "full" && recompute != "selective")
+      throw Error("recompute is '" + recompute + "'", "model.recompute", "none, full or selective");
     if (!(norm_eps > 0)) throw Error("norm_eps must be positive", "model.norm_eps", "a positive number");
     if (!(init_std > 0)) throw Error("init_std must be positive", "model.init_std", "a positive number");
     if (aux_loss_weight < 0 || z_loss_weight < 0 || seq_aux_loss_weight < 0 || bias_update_rate < 0)
@@ -183,14 +234,43 @@ struct TrainConfig {
   std::int64_t batch_size = 8;       // sequences per micro-batch
   std::int64_t seq_len = 256;        // tokens per sequence (<= model.context)
   std::int64_t grad_accum = 1;       // micro-batches per optimizer step
+  std::string precision = "fp32";    // the compiled precision a program offers under this name
+                                     // (train_moe_lm: fp32, bf16, fp16); the library does not read it
+  std::string optimizer = "adamw";   // adamw | sgd | lion | sign_momentum (within OptimizerChoice)
   double lr = 3e-3;
-  double min_lr_ratio = 0.1;         // cosine decays to lr * min_lr_ratio
+  std::string schedule = "cosine";   // constant | cosine | linear | wsd (all after the linear warm-up)
+  double min_lr_ratio = 0.1;         // cosine / linear / wsd decay to lr * min_lr_ratio
   double warmup_fraction = 0.05;     // linear warm-up over this share of the steps
-  double beta1 = 0.9;
+  std::int64_t warmup_steps = -1;    // >= 0: warm-up steps, overriding warmup_fraction
+  double decay_fraction = 0.2;       // wsd: the last share of the steps decays linearly
+  std::int64_t batch_ramp_steps = 0; // > 0: micro-batches per step ramp from batch_ramp_start to grad_accum
+  std::int64_t batch_ramp_start = 1;
+  double beta1 = 0.9;                // AdamW, sign_momentum (second moment: beta2)
   double beta2 = 0.95;
   double adam_eps = 1e-8;
-  double weight_decay = 0.1;
+  double momentum = 0;               // sgd: momentum (0 = plain SGD)
+  double dampening = 0;              // sgd
+  bool nesterov = false;             // sgd: Nesterov momentum
+  double lion_beta1 = 0.9;           // lion, sign_momentum: interpolation of momentum and gradient
+  double lion_beta2 = 0.99;          // lion, sign_momentum: momentum decay
+  double sign_threshold = 0;         // sign_momentum: normalised updates below it are zeroed
+  double weight_decay = 0.1;         // decay group; sgd: coupled (added to the gradient), others decoupled
+  double l2 = 0;                     // L2 penalty (l2/2)·‖w‖² on the decay group, in the gradient before clipping
+  bool clamp_weights = false;        // clamp matrix parameters to [clamp_min, clamp_max] after each update
+  double clamp_min = -0.5;
+  double clamp_max = 0.5;
+  bool expert_group = false;         // expert parameters take the expert_* settings below
+  double expert_weight_decay = 0.1;
+  double expert_l2 = 0;
+  bool expert_clamp_weights = false;
+  double expert_clamp_min = -0.5;
+  double expert_clamp_max = 0.5;
   double grad_clip = 1.0;            // global-norm clipping; 0 turns it off
+  std::string loss_scaling = "dynamic";  // loss-scaled precision (fp16): dynamic | static
+  double loss_scale = 65536;         // initial (dynamic) or fixed (static) loss scale
+  double loss_scale_growth = 2.0;    // dynamic: scale *= growth after growth_interval finite steps
+  double loss_scale_backoff = 0.5;   // dynamic: scale *= backoff on a step with inf/NaN gradients
+  std::int64_t loss_scale_interval = 2000;
   std::int64_t eval_interval = 100;  // validation loss every N steps
   std::int64_t eval_batches = 8;
   std::int64_t log_interval = 10;
@@ -209,14 +289,42 @@ struct TrainConfig {
         field("batch_size", &C::batch_size, "sequences per micro-batch"),
         field("seq_len", &C::seq_len, "tokens per training sequence"),
         field("grad_accum", &C::grad_accum, "micro-batches per optimizer step"),
+        field("precision", &C::precision, "compiled precision of the program (train_moe_lm: fp32, bf16, fp16)"),
+        field("optimizer", &C::optimizer, "update rule: adamw | sgd | lion | sign_momentum"),
         field("lr", &C::lr, "peak learning rate"),
+        field("schedule", &C::schedule, "learning-rate schedule after warm-up: constant | cosine | linear | wsd"),
         field("min_lr_ratio", &C::min_lr_ratio, "final learning rate as a share of lr"),
         field("warmup_fraction", &C::warmup_fraction, "share of steps with linear warm-up"),
-        field("beta1", &C::beta1, "AdamW beta1"),
-        field("beta2", &C::beta2, "AdamW beta2"),
-        field("adam_eps", &C::adam_eps, "AdamW epsilon"),
-        field("weight_decay", &C::weight_decay, "decoupled weight decay (decay group only)"),
+        field("warmup_steps", &C::warmup_steps, "warm-up steps; -1 = use warmup_fraction"),
+        field("decay_fraction", &C::decay_fraction, "wsd: share of steps in the final linear decay"),
+        field("batch_ramp_steps", &C::batch_ramp_steps, "steps over which micro-batches per step ramp up; 0 = off"),
+        field("batch_ramp_start", &C::batch_ramp_start, "micro-batches per step at step 0 of the ramp"),
+        field("beta1", &C::beta1, "AdamW / sign_momentum beta1"),
+        field("beta2", &C::beta2, "AdamW / sign_momentum second-moment decay"),
+        field("adam_eps", &C::adam_eps, "AdamW / sign_momentum epsilon"),
+        field("momentum", &C::momentum, "sgd momentum; 0 = plain SGD"),
+        field("dampening", &C::dampening, "sgd momentum dampening"),
+        field("nesterov", &C::nesterov, "sgd: Nesterov momentum"),
+        field("lion_beta1", &C::lion_beta1, "lion / sign_momentum: momentum-gradient interpolation"),
+        field("lion_beta2", &C::lion_beta2, "lion / sign_momentum: momentum decay"),
+        field("sign_threshold", &C::sign_threshold, "sign_momentum: normalised updates below it are zeroed"),
+        field("weight_decay", &C::weight_decay, "weight decay of the decay group (sgd: coupled; others: decoupled)"),
+        field("l2", &C::l2, "L2 penalty l2/2 |w|^2 on the decay group, added to the gradient before clipping"),
+        field("clamp_weights", &C::clamp_weights, "clamp matrix parameters to [clamp_min, clamp_max] after updates"),
+        field("clamp_min", &C::clamp_min, "lower clamp bound"),
+        field("clamp_max", &C::clamp_max, "upper clamp bound"),
+        field("expert_group", &C::expert_group, "expert parameters use the expert_* settings"),
+        field("expert_weight_decay", &C::expert_weight_decay, "weight decay of expert parameters (expert_group)"),
+        field("expert_l2", &C::expert_l2, "L2 penalty of expert parameters (expert_group)"),
+        field("expert_clamp_weights", &C::expert_clamp_weights, "clamp expert matrices (expert_group)"),
+        field("expert_clamp_min", &C::expert_clamp_min, "lower clamp bound of expert matrices"),
+        field("expert_clamp_max", &C::expert_clamp_max, "upper clamp bound of expert matrices"),
         field("grad_clip", &C::grad_clip, "global gradient-norm limit; 0 disables"),
+        field("loss_scaling", &C::loss_scaling, "loss-scaled precision: dynamic | static"),
+        field("loss_scale", &C::loss_scale, "initial (dynamic) or fixed (static) loss scale"),
+        field("loss_scale_growth", &C::loss_scale_growth, "dynamic: growth factor after loss_scale_interval finite steps"),
+        field("loss_scale_backoff", &C::loss_scale_backoff, "dynamic: factor applied on an inf/NaN step"),
+        field("loss_scale_interval", &C::loss_scale_interval, "dynamic: finite steps between growths"),
         field("eval_interval", &C::eval_interval, "steps between validation losses"),
         field("eval_batches", &C::eval_batches, "micro-batches per validation loss"),
         field("log_interval", &C::log_interval, "steps between progress lines"),
@@ -242,13 +350,70 @@ struct TrainConfig {
     if (seq_len > m.context)
       throw Error(detail::cat("seq_len ", seq_len, " exceeds model.context ", m.context), "train.seq_len",
                   detail::cat("<= ", m.context));
-    if (!(lr > 0)) throw Error("lr must be positive", "train.lr", "a positive number");
+    if (!(lr > 0)) throw Error(detail::cat("lr is ", lr), "train.lr", "a positive number");
+    if (optimizer != "adamw" && optimizer != "sgd" && optimizer != "lion" && optimizer != "sign_momentum")
+      throw Error("optimizer is '" + optimizer + "'", "train.optimizer", "adamw, sgd, lion or sign_momentum");
+    if (schedule != "constant" && schedule != "cosine" && schedule != "linear" && schedule != "wsd")
+      throw Error("schedule is '" + schedule + "'", "train.schedule", "constant, cosine, linear or wsd");
     if (warmup_fraction < 0 || warmup_fraction > 1)
-      throw Error("warmup_fraction out of range", "train.warmup_fraction", "a value in [0, 1]");
+      throw Error(detail::cat("warmup_fraction is ", warmup_fraction), "train.warmup_fraction", "a value in [0, 1]");
+    if (warmup_steps < -1)
+      throw Error(detail::cat("warmup_steps is ", warmup_steps), "train.warmup_steps", ">= 0, or -1 to use warmup_fraction");
+    if (warmup_steps > steps)
+      throw Error(detail::cat("warm-up of ", warmup_steps, " steps is longer than the run of ", steps, " steps"),
+                  "train.warmup_steps", detail::cat("<= train.steps = ", steps));
+    if (!(decay_fraction >= 0 && decay_fraction <= 1))
+      throw Error(detail::cat("decay_fraction is ", decay_fraction), "train.decay_fraction", "a value in [0, 1]");
+    if (schedule == "wsd") {
+      const double warm = warmup_steps >= 0 ? static_cast<double>(warmup_steps) : warmup_fraction * static_cast<double>(steps);
+      if (warm + decay_fraction * static_cast<double>(steps) > static_cast<double>(steps) + 1e-9)
+        throw Error(detail::cat("wsd warm-up (", warm, " steps) and decay (", decay_fraction * static_cast<double>(steps),
+                                " steps) are longer than the run of ", steps, " steps"),
+                    "train.decay_fraction", "warm-up + decay <= steps");
+    }
     if (min_lr_ratio < 0 || min_lr_ratio > 1)
-      throw Error("min_lr_ratio out of range", "train.min_lr_ratio", "a value in [0, 1]");
-    if (beta1 < 0 || beta1 >= 1 || beta2 < 0 || beta2 >= 1)
-      throw Error("AdamW betas out of range", "train.beta1/beta2", "values in [0, 1)");
+      throw Error(detail::cat("min_lr_ratio is ", min_lr_ratio), "train.min_lr_ratio", "a value in [0, 1]");
+    if (batch_ramp_steps < 0) throw Error(detail::cat("batch_ramp_steps is ", batch_ramp_steps), "train.batch_ramp_steps", ">= 0");
+    if (batch_ramp_steps > 0 && (batch_ramp_start < 1 || batch_ramp_start > grad_accum))
+      throw Error(detail::cat("batch_ramp_start is ", batch_ramp_start), "train.batch_ramp_start",
+                  detail::cat("1 <= batch_ramp_start <= grad_accum = ", grad_accum));
+    auto beta = [](double v, const char* name) {
+      if (!(v >= 0 && v < 1)) throw Error(detail::cat(name, " is ", v), detail::cat("train.", name), "a value in [0, 1)");
+    };
+    beta(beta1, "beta1");
+    beta(beta2, "beta2");
+    beta(lion_beta1, "lion_beta1");
+    beta(lion_beta2, "lion_beta2");
+    beta(momentum, "momentum");
+    beta(dampening, "dampening");
+    if (nesterov && (momentum <= 0 || dampening != 0))
+      throw Error("Nesterov momentum needs momentum > 0 and dampening 0", "train.nesterov",
+                  "momentum > 0 and dampening = 0, or nesterov: false");
+    if (!(adam_eps > 0)) throw Error(detail::cat("adam_eps is ", adam_eps), "train.adam_eps", "a positive number");
+    if (!(sign_threshold >= 0 && sign_threshold < 1))
+      throw Error(detail::cat("sign_threshold is ", sign_threshold), "train.sign_threshold", "a value in [0, 1)");
+    auto nonneg = [](double v, const char* name) {
+      if (!(v >= 0)) throw Error(detail::cat(name, " is ", v), detail::cat("train.", name), ">= 0");
+    };
+    nonneg(weight_decay, "weight_decay");
+    nonneg(l2, "l2");
+    nonneg(expert_weight_decay, "expert_weight_decay");
+    nonneg(expert_l2, "expert_l2");
+    if (clamp_weights && !(clamp_min <= clamp_max))
+      throw Error(detail::cat("clamp range has min ", clamp_min, " > max ", clamp_max), "train.clamp_min/clamp_max",
+                  "clamp_min <= clamp_max");
+    if (expert_group && expert_clamp_weights && !(expert_clamp_min <= expert_clamp_max))
+      throw Error(detail::cat("expert clamp range has min ", expert_clamp_min, " > max ", expert_clamp_max),
+                  "train.expert_clamp_min/expert_clamp_max", "expert_clamp_min <= expert_clamp_max");
+    if (loss_scaling != "dynamic" && loss_scaling != "static")
+      throw Error("loss_scaling is '" + loss_scaling + "'", "train.loss_scaling", "dynamic or static");
+    if (!(loss_scale > 0)) throw Error(detail::cat("loss_scale is ", loss_scale), "train.loss_scale", "a positive number");
+    if (!(loss_scale_growth >= 1))
+      throw Error(detail::cat("loss_scale_growth is ", loss_scale_growth), "train.loss_scale_growth", ">= 1");
+    if (!(loss_scale_backoff > 0 && loss_scale_backoff < 1))
+      throw Error(detail::cat("loss_scale_backoff is ", loss_scale_backoff), "train.loss_scale_backoff", "a value in (0, 1)");
+    if (loss_scale_interval <= 0)
+      throw Error(detail::cat("loss_scale_interval is ", loss_scale_interval), "train.loss_scale_interval", "a positive step count");
     if (grad_clip < 0) throw Error("grad_clip is negative", "train.grad_clip", ">= 0 (0 disables clipping)");
     if (threads < 0) throw Error("threads is negative", "train.threads", ">= 0 (0 = all)");
   }

@@ -12,6 +12,9 @@ template <class T, class B>
 struct Linear {
   std::int64_t in = 0, out = 0;
   Param<T> weight, bias;
+  // Products in full precision even under a narrow storage type (B::gemm_exact): the MoE
+  // router keeps fp32 logits and gradients under MixedBf16/MixedFp16.
+  bool exact = false;
 
   void declare(ParamRegistry& r, const std::string& name, std::int64_t in_features, std::int64_t out_features,
                bool with_bias, std::uint32_t tags, double std) {
@@ -27,7 +30,8 @@ struct Linear {
 
   // y (n, out) = x (n, in) Wᵀ + b
   void forward(const T* x, T* y, std::int64_t n) const {
-    B::gemm(B::Trans::kNo, B::Trans::kYes, n, out, in, T(1), x, weight.w, T(0), y);
+    if (exact) B::gemm_exact(B::Trans::kNo, B::Trans::kYes, n, out, in, T(1), x, weight.w, T(0), y);
+    else B::gemm(B::Trans::kNo, B::Trans::kYes, n, out, in, T(1), x, weight.w, T(0), y);
     if (bias) {
       const T* bb = bias.w;
       const std::int64_t o = out;
@@ -39,7 +43,8 @@ struct Linear {
 
   // dx (n, in): overwritten, or accumulated when accumulate_dx; parameter grads accumulate.
   void backward(const T* x, const T* dy, T* dx, std::int64_t n, bool accumulate_dx) const {
-    if (dx) B::gemm(B::Trans::kNo, B::Trans::kNo, n, in, out, T(1), dy, weight.w, accumulate_dx ? T(1) : T(0), dx);
+    if (dx && exact) B::gemm_exact(B::Trans::kNo, B::Trans::kNo, n, in, out, T(1), dy, weight.w, accumulate_dx ? T(1) : T(0), dx);
+    else if (dx) B::gemm(B::Trans::kNo, B::Trans::kNo, n, in, out, T(1), dy, weight.w, accumulate_dx ? T(1) : T(0), dx);
     B::gemm(B::Trans::kYes, B::Trans::kNo, out, in, n, T(1), dy, x, T(1), weight.g);
     if (bias) {
       const std::int64_t o = out;

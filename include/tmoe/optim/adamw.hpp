@@ -4,6 +4,9 @@
 //   θ ← θ − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)
 // State: two arrays (m, v) per parameter element. Weight decay is given per call, so the
 // trainer applies it by parameter group (no decay on norms, biases, embeddings).
+// Each element is computed with the roundings of torch.optim.AdamW (foreach=False) on a
+// tensor of the same dtype, so the two agree bitwise (tests/reference/test_optim_parity.py).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -13,6 +16,20 @@
 
 namespace tmoe {
 
+namespace detail {
+// a·b + c rounded once where the target has fused multiply-add, as PyTorch's vectorised CPU
+// kernels compute add(x, y, alpha=a) and addcmul; a·b + c rounded twice otherwise. The
+// optimizers that follow a torch.optim rule use it to reproduce its roundings.
+template <class T>
+inline T fmadd(T a, T b, T c) {
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+}  // namespace detail
+
 struct AdamW {
   static constexpr const char* name = "adamw";
   static constexpr int slots = 2;
@@ -21,6 +38,9 @@ struct AdamW {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
 
   static AdamW from_config(const TrainConfig& t) { return AdamW{t.beta1, t.beta2, t.adam_eps}; }
+  int used_slots() const { return slots; }
+  const char* slot_name(int s) const { return slot_names[s]; }
+  const char* active_name() const { return name; }
 
   // p, g, state[0] = m, state[1] = v: n elements; step counts from 1.
   template <class T>
@@ -43,12 +63,15 @@ struct AdamW {
       T* __restrict mm = m;
       T* __restrict vv = v;
       for (std::int64_t i = i0; i < i1; ++i) {
+        // PyTorch: m.mul_(β1).add_(g, alpha=1−β1); v.mul_(β2).addcmul_(g, g, value=1−β2);
+        // θ.mul_(1−lr·wd); θ.addcdiv_(m, √v/√bc2 + ε, value=−step_size).
         const T gi = gg[i];
-        const T mi = b1 * mm[i] + c1 * gi;
-        const T vi = b2 * vv[i] + c2 * gi * gi;
+        const T mi = detail::fmadd(gi, c1, mm[i] * b1);
+        const T vi = detail::fmadd(c2 * gi, gi, vv[i] * b2);
         mm[i] = mi;
         vv[i] = vi;
-        pp[i] = pp[i] * dk - ss * (mi / (std::sqrt(vi) / bc2s + e));
+        const T decayed = pp[i] * dk;
+        pp[i] = decayed + (-ss * mi) / (std::sqrt(vi) / bc2s + e);
       }
     });
   }

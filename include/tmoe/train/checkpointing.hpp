@@ -16,6 +16,7 @@
 // every tensor equals the trainer's compute type. Differences in hyper-parameters that
 // only change the trajectory (lr, steps, ...) are allowed and reported, since the run is
 // then no longer identical to an uninterrupted one.
+#include <cmath>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -75,7 +76,8 @@ inline bool harmless_train_field(std::string_view f) {
 }
 // Train fields that define the data stream: a resume cannot change them.
 inline bool data_stream_field(std::string_view f) {
-  for (const char* h : {"train.seed", "train.batch_size", "train.seq_len", "train.grad_accum"})
+  for (const char* h : {"train.seed", "train.batch_size", "train.seq_len", "train.grad_accum", "train.batch_ramp_steps",
+                        "train.batch_ramp_start"})
     if (f.starts_with(std::string(h) + ":")) return true;
   return false;
 }
@@ -87,18 +89,18 @@ inline bool data_stream_field(std::string_view f) {
 // state.json and checked on resume.
 template <class Tr>
 std::string save_checkpoint(io::CheckpointDir& dir, Tr& trainer, const nlohmann::json& data_state) {
-  using T = typename Tr::T;
+  using M = typename Tr::M;
   const auto& model = trainer.model();
   const auto& reg = model.registry();
   const Config& cfg = trainer.config();
-  const std::string dtype = std::is_same_v<T, float> ? "F32" : "F64";
+  const std::string dtype = std::is_same_v<M, float> ? "F32" : "F64";
   return dir.save(trainer.step(), [&](const std::string& folder) {
     const std::map<std::string, std::string> meta = {{"format", "tmoe"}, {"step", std::to_string(trainer.step())}};
-    io::save_params(folder + "/model.safetensors", reg, model.params(), meta);
+    io::save_params(folder + "/model.safetensors", reg, trainer.master_params(), meta);
     std::vector<io::TensorRef> refs;
-    for (int s = 0; s < Tr::optimizer_slots(); ++s)
+    for (int s = 0; s < trainer.optimizer_slots(); ++s)
       for (const ParamInfo& p : reg.params())
-        refs.push_back({Tr::optimizer_slot_name(s) + "." + p.name, dtype,
+        refs.push_back({trainer.optimizer_slot_name(s) + "." + p.name, dtype,
                         std::vector<std::int64_t>(p.shape.dims.begin(), p.shape.dims.begin() + p.shape.rank),
                         trainer.optimizer_state(s) + p.offset});
     io::write_safetensors(folder + "/optimizer.safetensors", refs, meta);
@@ -107,9 +109,11 @@ std::string save_checkpoint(io::CheckpointDir& dir, Tr& trainer, const nlohmann:
     st["seed"] = cfg.train.seed;
     st["rng"] = "philox4x32-10 keyed by (seed, step, site, index): seed and step are the whole state";
     st["data"] = data_state;
-    st["loss_scale"] = 1.0;
+    st["loss_scale"] = trainer.loss_scaler().scale;
+    st["loss_scale_good_steps"] = trainer.loss_scaler().good_steps;
     st["dtype"] = dtype;
-    st["optimizer"] = Tr::optimizer_name();
+    st["precision"] = Tr::precision_name();
+    st["optimizer"] = trainer.optimizer_name();
     st["parameters"] = reg.count();
     st["config_yaml"] = io::to_yaml(cfg);
     st["model_config_xxh64"] = xxh64(detail::field_lines(cfg.model));
@@ -123,7 +127,7 @@ std::string save_checkpoint(io::CheckpointDir& dir, Tr& trainer, const nlohmann:
 // passes. `data_state` is what the caller's sampler says now (its fingerprint must match).
 template <class Tr>
 std::optional<ResumeInfo> resume_checkpoint(const io::CheckpointDir& dir, Tr& trainer, const nlohmann::json& data_state) {
-  using T = typename Tr::T;
+  using M = typename Tr::M;
   using detail::cat;
   const auto found = dir.find_valid();
   if (!found) return std::nullopt;
@@ -144,7 +148,18 @@ std::optional<ResumeInfo> resume_checkpoint(const io::CheckpointDir& dir, Tr& tr
     throw Error(cat("state.json is malformed: ", e.what()), state_path, expected);
   }
   const Config& cfg = trainer.config();
-  const auto model_diff = detail::differing_fields("model", cfg.model, saved.model);
+  auto model_diff = detail::differing_fields("model", cfg.model, saved.model);
+  // Fields that change neither the parameters nor what they mean: regularisation rates and the
+  // recompute mode (reported, as a hyper-parameter change is).
+  std::erase_if(model_diff, [&](const std::string& d) {
+    for (const char* f : {"model.recompute:", "model.dropout:", "model.attn_dropout:", "model.expert_dropout:",
+                          "model.expert_drop_rate:"})
+      if (d.starts_with(f)) {
+        if (!d.starts_with("model.recompute:")) info.changed.push_back(d);
+        return true;
+      }
+    return false;
+  });
   if (!model_diff.empty()) {
     std::string all;
     for (const auto& d : model_diff) all += "\n  " + d;
@@ -154,10 +169,14 @@ std::optional<ResumeInfo> resume_checkpoint(const io::CheckpointDir& dir, Tr& tr
   for (const std::string& d : detail::differing_fields("train", cfg.train, saved.train)) {
     if (detail::data_stream_field(d))
       throw Error("resuming with a changed " + d + " would change the data stream (checkpoint -> now)", found->folder,
-                  "the seed, batch_size, seq_len and grad_accum the checkpoint was trained with");
+                  "the seed, batch_size, seq_len, grad_accum and batch ramp the checkpoint was trained with");
     if (!detail::harmless_train_field(d)) info.changed.push_back(d);
   }
-  const std::string dtype = std::is_same_v<T, float> ? "F32" : "F64";
+  const std::string dtype = std::is_same_v<M, float> ? "F32" : "F64";
+  if (st.value("optimizer", trainer.optimizer_name()) != trainer.optimizer_name())
+    throw Error(cat("checkpoint was trained with optimizer ", st.value("optimizer", "?"), "; this run uses ",
+                    trainer.optimizer_name()),
+                found->folder, "the same train.optimizer (its state would not mean the same thing)");
   if (st.value("dtype", "") != dtype)
     throw Error(cat("checkpoint holds ", st.value("dtype", "?"), " tensors; this trainer computes in ", dtype), found->folder,
                 "a checkpoint of the same precision");
@@ -181,16 +200,32 @@ std::optional<ResumeInfo> resume_checkpoint(const io::CheckpointDir& dir, Tr& tr
                     dtype);
   };
   check(model_file, "");
-  for (int s = 0; s < Tr::optimizer_slots(); ++s) check(opt_file, Tr::optimizer_slot_name(s) + ".");
-  const std::size_t expected_tensors = reg.params().size() * static_cast<std::size_t>(Tr::optimizer_slots());
+  for (int s = 0; s < trainer.optimizer_slots(); ++s) check(opt_file, trainer.optimizer_slot_name(s) + ".");
+  const std::size_t expected_tensors = reg.params().size() * static_cast<std::size_t>(trainer.optimizer_slots());
   if (opt_file.names().size() != expected_tensors)
     throw Error(cat("optimizer file holds ", opt_file.names().size(), " tensors"), opt_file.path(),
-                cat(expected_tensors, " (", Tr::optimizer_slots(), " slots x ", reg.params().size(), " parameters)"));
+                cat(expected_tensors, " (", trainer.optimizer_slots(), " slots x ", reg.params().size(), " parameters)"));
+  double scale = 1.0;
+  std::int64_t good = 0;
+  try {
+    scale = st.value("loss_scale", 1.0);
+    good = st.value("loss_scale_good_steps", std::int64_t{0});
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(cat("state.json has a malformed loss scale: ", e.what()), state_path, expected);
+  }
+  if (!(scale > 0) || !std::isfinite(scale) || good < 0)
+    throw Error(cat("state.json has loss_scale ", scale, " and loss_scale_good_steps ", good), state_path,
+                "a positive finite loss scale and a step count >= 0");
 
-  for (const ParamInfo& p : reg.params()) model_file.read_into(p.name, model.params() + p.offset);
-  for (int s = 0; s < Tr::optimizer_slots(); ++s)
+  for (const ParamInfo& p : reg.params()) model_file.read_into(p.name, trainer.master_params() + p.offset);
+  for (int s = 0; s < trainer.optimizer_slots(); ++s)
     for (const ParamInfo& p : reg.params())
-      opt_file.read_into(Tr::optimizer_slot_name(s) + "." + p.name, trainer.optimizer_state(s) + p.offset);
+      opt_file.read_into(trainer.optimizer_slot_name(s) + "." + p.name, trainer.optimizer_state(s) + p.offset);
+  trainer.publish();
+  if (trainer.loss_scaler().enabled) {
+    trainer.loss_scaler().scale = scale;
+    trainer.loss_scaler().good_steps = good;
+  }
   trainer.set_step(found->step);
   return info;
 }

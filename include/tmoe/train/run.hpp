@@ -96,7 +96,7 @@ class Run {
     if (!dir_) return;
     const auto t0 = std::chrono::steady_clock::now();
     const std::string folder =
-        save_checkpoint(*dir_, trainer_, data_.state(trainer_.step() * trainer_.config().train.grad_accum));
+        save_checkpoint(*dir_, trainer_, data_.state(BatchRamp(trainer_.config().train).first_micro(trainer_.step())));
     if (ev.on_checkpoint)
       ev.on_checkpoint(folder, why, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }

@@ -154,6 +154,14 @@ struct GemmOps {
     g.ldc = n;
     gemm(g);
   }
+
+  // A product whose result is never rounded to a narrow storage type (see
+  // backend/stored.hpp); on a plain backend it is gemm.
+  template <class T>
+  static void gemm_exact(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
+                         const T* b, T beta, T* c) {
+    gemm(ta, tb, m, n, k, alpha, a, b, beta, c);
+  }
 };
 
 }  // namespace tmoe::backend::cpu

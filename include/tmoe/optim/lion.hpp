@@ -1,0 +1,62 @@
+#pragma once
+// Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): the sign of an
+// interpolation between the momentum and the current gradient, with decoupled weight decay:
+//   c ← β1·m + (1 − β1)·g
+//   θ ← θ(1 − lr·wd) − lr·sign(c)                (sign(0) = 0)
+//   m ← β2·m + (1 − β2)·g
+// β1, β2 are train.lion_beta1, train.lion_beta2. Every coordinate moves by exactly lr (or
+// not at all), so lr is typically 3-10x below AdamW's and wd 3-10x above it.
+#include <algorithm>
+#include <cstdint>
+
+#include "tmoe/core/concepts.hpp"
+#include "tmoe/core/config.hpp"
+#include "tmoe/core/threading.hpp"
+
+namespace tmoe {
+
+namespace detail {
+// +1, -1, or x itself for ±0 and NaN (a NaN reaches the weights instead of being hidden).
+template <class T>
+inline T sign_or_self(T x) {
+  return x > T(0) ? T(1) : x < T(0) ? T(-1) : x;
+}
+}  // namespace detail
+
+struct Lion {
+  static constexpr const char* name = "lion";
+  static constexpr int slots = 1;
+  static constexpr const char* slot_names[slots] = {"exp_avg"};
+  double beta1 = 0.9, beta2 = 0.99;
+
+  static Lion from_config(const TrainConfig& t) { return Lion{t.lion_beta1, t.lion_beta2}; }
+  int used_slots() const { return slots; }
+  const char* slot_name(int s) const { return slot_names[s]; }
+  const char* active_name() const { return name; }
+
+  // p, g, state[0] = m: n elements; step is unused (Lion has no bias correction).
+  template <class T>
+  void update(T* p, const T* g, T** state, std::int64_t n, double lr, double wd, std::int64_t /*step*/) const {
+    T* m = state[0];
+    const T b1 = static_cast<T>(beta1), c1 = static_cast<T>(1.0 - beta1);
+    const T b2 = static_cast<T>(beta2), c2 = static_cast<T>(1.0 - beta2);
+    const T rate = static_cast<T>(lr), dk = static_cast<T>(1.0 - lr * wd);
+    // Fixed chunks, so the result does not depend on the thread count.
+    constexpr std::int64_t kChunk = 4096;
+    parallel_for((n + kChunk - 1) / kChunk, [&](std::int64_t blk) {
+      const std::int64_t i0 = blk * kChunk, i1 = std::min(n, i0 + kChunk);
+      T* __restrict pp = p;
+      const T* __restrict gg = g;
+      T* __restrict mm = m;
+      for (std::int64_t i = i0; i < i1; ++i) {
+        const T gi = gg[i], mi = mm[i];
+        const T c = b1 * mi + c1 * gi;
+        pp[i] = pp[i] * dk - rate * detail::sign_or_self(c);
+        mm[i] = b2 * mi + c2 * gi;
+      }
+    });
+  }
+};
+static_assert(Optimizer<Lion>);
+
+}  // namespace tmoe

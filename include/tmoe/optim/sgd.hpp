@@ -1,0 +1,62 @@
+#pragma once
+// SGD, heavy-ball momentum and Nesterov momentum with torch.optim.SGD's semantics, the
+// choice made by run-time fields (train.momentum, train.dampening, train.nesterov):
+//   d ← g + wd·θ                                 (coupled weight decay, an L2 gradient)
+//   b ← d at step 1, else μ·b + (1 − τ)·d        (momentum μ > 0, dampening τ)
+//   d ← d + μ·b (Nesterov), else d ← b
+//   θ ← θ − lr·d
+// With μ = 0 it is plain SGD and uses no state (used_slots() = 0). Each element is
+// computed with torch's roundings (its add with alpha is a fused multiply-add where the CPU
+// has one), so the two agree bitwise (tests/reference/test_optim_parity.py).
+#include <algorithm>
+#include <cstdint>
+
+#include "tmoe/core/concepts.hpp"
+#include "tmoe/core/config.hpp"
+#include "tmoe/core/threading.hpp"
+#include "tmoe/optim/adamw.hpp"  // detail::fmadd
+
+namespace tmoe {
+
+struct Sgd {
+  static constexpr const char* name = "sgd";
+  static constexpr int slots = 1;
+  static constexpr const char* slot_names[slots] = {"momentum_buffer"};
+  double momentum = 0, dampening = 0;
+  bool nesterov = false;
+
+  static Sgd from_config(const TrainConfig& t) { return Sgd{t.momentum, t.dampening, t.nesterov}; }
+  int used_slots() const { return momentum > 0 ? 1 : 0; }
+  const char* slot_name(int s) const { return slot_names[s]; }
+  const char* active_name() const { return name; }
+
+  // p, g, state[0] = momentum buffer (unused, may be null, when momentum is 0): n elements.
+  template <class T>
+  void update(T* p, const T* g, T** state, std::int64_t n, double lr, double wd, std::int64_t step) const {
+    const T w = static_cast<T>(wd), rate = static_cast<T>(lr);
+    const T mu = static_cast<T>(momentum), keep = static_cast<T>(1.0 - dampening);
+    const bool heavy = momentum > 0, first = step == 1, nest = nesterov;
+    T* buf = heavy ? state[0] : nullptr;
+    // Fixed chunks, so the result does not depend on the thread count.
+    constexpr std::int64_t kChunk = 4096;
+    parallel_for((n + kChunk - 1) / kChunk, [&](std::int64_t blk) {
+      const std::int64_t i0 = blk * kChunk, i1 = std::min(n, i0 + kChunk);
+      T* __restrict pp = p;
+      const T* __restrict gg = g;
+      T* __restrict bb = buf;
+      if (!heavy) {
+        for (std::int64_t i = i0; i < i1; ++i) pp[i] = detail::fmadd(detail::fmadd(pp[i], w, gg[i]), -rate, pp[i]);
+        return;
+      }
+      for (std::int64_t i = i0; i < i1; ++i) {
+        const T d = detail::fmadd(pp[i], w, gg[i]);
+        const T b = first ? d : detail::fmadd(d, keep, bb[i] * mu);
+        bb[i] = b;
+        pp[i] = detail::fmadd(nest ? detail::fmadd(b, mu, d) : b, -rate, pp[i]);
+      }
+    });
+  }
+};
+static_assert(Optimizer<Sgd>);
+
+}  // namespace tmoe

@@ -1,0 +1,74 @@
+#pragma once
+// The seed article's rule, "adaptive moment estimation fused with momentum, with a sign
+// function enhancing sparsity" (docs/concepts/optimizer.md defines and motivates it):
+//   c ← β1ᴸ·m + (1 − β1ᴸ)·g                      Lion's interpolated momentum
+//   v ← β2·v + (1 − β2)·g²;  v̂ ← v / (1 − β2ᵗ)   Adam's bias-corrected second moment
+//   r ← |c| / (√v̂ + ε)                           per-coordinate signal-to-noise ratio
+//   u ← sign(c)·min(1, r)·[r ≥ τ]                step ≤ lr; below the threshold τ: none
+//   θ ← θ(1 − lr·wd) − lr·u
+//   m ← β2ᴸ·m + (1 − β2ᴸ)·g
+// β1ᴸ, β2ᴸ: train.lion_beta1, train.lion_beta2; β2, ε: train.beta2, train.adam_eps;
+// τ: train.sign_threshold. With τ = 0 and v̂ → 0 it is Lion.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "tmoe/core/concepts.hpp"
+#include "tmoe/core/config.hpp"
+#include "tmoe/core/threading.hpp"
+
+namespace tmoe {
+
+struct SignMomentum {
+  static constexpr const char* name = "sign_momentum";
+  static constexpr int slots = 2;
+  static constexpr const char* slot_names[slots] = {"exp_avg", "exp_avg_sq"};
+  double beta1 = 0.9, beta2 = 0.99;  // of the momentum m (Lion's)
+  double beta2_sq = 0.95;            // of the second moment v (Adam's beta2)
+  double eps = 1e-8;
+  double threshold = 0;
+
+  static SignMomentum from_config(const TrainConfig& t) {
+    return SignMomentum{t.lion_beta1, t.lion_beta2, t.beta2, t.adam_eps, t.sign_threshold};
+  }
+  int used_slots() const { return slots; }
+  const char* slot_name(int s) const { return slot_names[s]; }
+  const char* active_name() const { return name; }
+
+  // p, g, state[0] = m, state[1] = v: n elements; step counts from 1.
+  template <class T>
+  void update(T* p, const T* g, T** state, std::int64_t n, double lr, double wd, std::int64_t step) const {
+    T* m = state[0];
+    T* v = state[1];
+    const double bc2 = 1.0 - std::pow(beta2_sq, static_cast<double>(step));
+    // Elementwise in T, as AdamW; the step-dependent scalar in double.
+    const T b1 = static_cast<T>(beta1), c1 = static_cast<T>(1.0 - beta1);
+    const T b2 = static_cast<T>(beta2), c2 = static_cast<T>(1.0 - beta2);
+    const T bv = static_cast<T>(beta2_sq), cv = static_cast<T>(1.0 - beta2_sq);
+    const T bc = static_cast<T>(bc2), e = static_cast<T>(eps), tau = static_cast<T>(threshold);
+    const T rate = static_cast<T>(lr), dk = static_cast<T>(1.0 - lr * wd);
+    // Fixed chunks, so the result does not depend on the thread count.
+    constexpr std::int64_t kChunk = 4096;
+    parallel_for((n + kChunk - 1) / kChunk, [&](std::int64_t blk) {
+      const std::int64_t i0 = blk * kChunk, i1 = std::min(n, i0 + kChunk);
+      T* __restrict pp = p;
+      const T* __restrict gg = g;
+      T* __restrict mm = m;
+      T* __restrict vv = v;
+      for (std::int64_t i = i0; i < i1; ++i) {
+        const T gi = gg[i], mi = mm[i];
+        const T c = b1 * mi + c1 * gi;
+        const T vi = bv * vv[i] + cv * (gi * gi);
+        vv[i] = vi;
+        const T r = std::abs(c) / (std::sqrt(vi / bc) + e);
+        // Written so that a NaN r passes through to the weights rather than vanishing.
+        const T mag = r < tau ? T(0) : (r > T(1) ? T(1) : r);
+        pp[i] = pp[i] * dk - rate * (c < T(0) ? -mag : mag);
+        mm[i] = b2 * mi + c2 * gi;
+      }
+    });
+  }
+};
+static_assert(Optimizer<SignMomentum>);
+
+}  // namespace tmoe
