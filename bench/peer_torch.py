@@ -3,8 +3,13 @@
 follows docs/conventions.md), the same shape and batch, a full training step (forward,
 backward, clip, AdamW), in float32 on the CPU. One JSON line per thread setting.
 
-usage: /usr/bin/python3 bench/peer_torch.py [--threads 1 2] [--steps 5] [--warmup 2] [key=value ...]
+With --autocast bf16 the forward runs under torch.autocast(cpu, bfloat16) (fp32 master
+weights, bf16 matmuls); torch 1.13 has no fp16 autocast on the CPU.
+
+usage: /usr/bin/python3 bench/peer_torch.py [--threads 1 2] [--steps 5] [--warmup 2] [--autocast bf16] [key=value ...]
 """
+import contextlib
+import resource
 import argparse
 import json
 import os
@@ -60,6 +65,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--autocast", choices=["none", "bf16"], default="none")
     ap.add_argument("overrides", nargs="*", help="model.key=value")
     args = ap.parse_args()
     cfg = RefConfig(vocab_size=256, context=256, d_model=256, n_layers=4, n_heads=8, n_experts=8, top_k=2,
@@ -84,7 +90,10 @@ def main() -> int:
             x = torch.stack([data[s:s + t] for s in starts])
             y = torch.stack([data[s + 1:s + t + 1] for s in starts])
             opt.zero_grad(set_to_none=True)
-            _, _, _, loss = model(x, y)
+            ctx = (torch.autocast(device_type="cpu", dtype=torch.bfloat16) if args.autocast == "bf16"
+                   else contextlib.nullcontext())
+            with ctx:
+                _, _, _, loss = model(x, y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -106,7 +115,9 @@ def main() -> int:
         n_active = cfg.n_layers * (4 * c * c + c * e + k * mats * c * h) + cfg.vocab_size * c
         flops = 6 * n_active + 6 * cfg.n_layers * t * c
         peak = sgemm_gflops()
-        print(json.dumps({"impl": "pytorch", "threads": th, "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"), "tokens_per_s": round(tok_s, 1),
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        print(json.dumps({"impl": "pytorch", "precision": "fp32" if args.autocast == "none" else "autocast_bf16",
+                          "peak_rss_mib": round(rss, 1), "threads": th, "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"), "tokens_per_s": round(tok_s, 1),
                           "step_ms": round(1e3 * sec / args.steps, 1), "model_gflop_per_token": flops / 1e9,
                           "achieved_gflops": round(tok_s * flops / 1e9, 2), "sgemm_peak_gflops": round(peak, 2),
                           "mfu": round(tok_s * flops / 1e9 / peak, 4), "loss": round(loss, 4)}), flush=True)

@@ -30,7 +30,12 @@ int run(int argc, char** argv) {
                   "resumes from the newest valid one (checkpoint.resume=auto).\n\npresets (model.preset; each a "
                   "compiled composition with its own defaults):\n",
                   "");
-      for (const auto& p : presets()) std::printf("  %-14s %s\n", p.name, p.composition);
+      for (const auto& p : presets()) {
+        std::string precisions;
+        for (const auto& q : programs())
+          if (std::string(q.preset) == p.name) precisions += (precisions.empty() ? "" : ", ") + std::string(q.precision);
+        std::printf("  %-14s %s [train.precision: %s]\n", p.name, p.composition, precisions.c_str());
+      }
       std::printf("\nkeys:\n%s", io::describe_fields().c_str());
       return 0;
     }
@@ -59,9 +64,6 @@ int run(int argc, char** argv) {
   const int argn = static_cast<int>(rest.size());
   const Config first = io::load_config(argn, rest.data(), Config{}, /*validate=*/false);
   opt.preset = first.model.preset.empty() ? "mixtral-like" : first.model.preset;
-  static constexpr std::pair<const char*, int (*)(const Options&)> runs[] = {
-      {"mixtral-like", run_mixtral_like}, {"deepseek-like", run_deepseek_like}, {"switch", run_switch},
-      {"expert-choice", run_expert_choice}, {"hash", run_hash},          {"seed", run_seed}};
   const Preset* chosen = nullptr;
   std::string names;
   for (const auto& p : presets()) {
@@ -70,12 +72,17 @@ int run(int argc, char** argv) {
   }
   if (!chosen) throw Error("unknown preset '" + opt.preset + "'", "model.preset", "one of " + names);
   Config base;
-  chosen->defaults(base.model);
+  chosen->defaults(base);
   base.model.preset = opt.preset;
   opt.cfg = io::load_config(argn, rest.data(), base);
-  for (const auto& [name, fn] : runs)
-    if (opt.preset == name) return fn(opt);
-  throw Error("preset '" + opt.preset + "' has no program", "train_moe_lm", "a run_ function for every preset");
+  std::string compiled;
+  for (const auto& p : programs())
+    if (opt.preset == p.preset) {
+      if (opt.cfg.train.precision == p.precision) return p.run(opt);
+      compiled += (compiled.empty() ? "" : ", ") + std::string(p.precision);
+    }
+  throw Error("preset '" + opt.preset + "' is not compiled with precision '" + opt.cfg.train.precision + "'",
+              "train.precision", "one of " + compiled + " for this preset");
 }
 
 }  // namespace

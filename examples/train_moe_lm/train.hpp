@@ -94,7 +94,9 @@ inline void write_metrics(std::ostream& out, const StepStats& st, const FitProgr
   auto num = [](double v) { return std::isfinite(v) ? std::to_string(v) : std::string("null"); };
   out << "{\"step\": " << p.step << ", \"train_loss\": " << num(p.train_loss) << ", \"ce\": " << num(st.ce)
       << ", \"aux\": " << num(st.aux) << ", \"val_loss\": " << num(p.val_loss) << ", \"lr\": " << st.lr
-      << ", \"grad_norm\": " << num(st.grad_norm) << ", \"tokens_per_s\": " << p.tokens_per_s
+      << ", \"grad_norm\": " << num(st.grad_norm) << ", \"loss_scale\": " << st.loss_scale
+      << ", \"skipped\": " << (st.skipped ? "true" : "false") << ", \"micro_batches\": " << st.micro_batches
+      << ", \"tokens_per_s\": " << p.tokens_per_s
       << ", \"elapsed_s\": " << p.elapsed_s << ", \"expert_load_min\": " << lo << ", \"expert_load_max\": " << hi
       << ", \"expert_counts\": [";
   for (std::size_t l = 0; l < st.expert_counts.size(); ++l) {
@@ -121,9 +123,10 @@ inline void write_metrics(std::ostream& out, const StepStats& st, const FitProgr
   out << "]}\n";
 }
 
-template <class Model>
+template <class Model, class Precision = Fp32>
 int train_main(const Options& opt) {
-  using Train = Trainer<Model, AdamW, Fp32, Serial, backend::Cpu>;
+  // The optimizer is a run-time choice (train.optimizer) among the standard rules.
+  using Train = Trainer<Model, StandardOptimizers, Precision, Serial, backend::Cpu>;
   const Config& cfg = opt.cfg;
   const std::string& select_spec = opt.select_spec;
   data::ActiveLearningConfig select = opt.select;
@@ -171,6 +174,13 @@ int train_main(const Options& opt) {
               static_cast<long long>(moe_layers), static_cast<long long>(cfg.model.n_layers),
               static_cast<long long>(cfg.model.n_shared_experts), static_cast<long long>(model.registry().count()),
               static_cast<double>(model.registry().count()) / 1e6, threads());
+  const MemoryReport mem = trainer.memory_report();
+  auto mib = [](std::int64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };
+  std::printf("precision %s (%s storage), optimizer %s, schedule %s, recompute %s; memory: weights %.1f MiB, master "
+              "%.1f MiB, gradients %.1f MiB, optimizer state %.1f MiB, activations (peak, predicted) %.1f MiB\n",
+              Precision::name, storage_bytes<Precision>() == 2 ? "16-bit" : "full-width", trainer.optimizer_name().c_str(),
+              tc.schedule.c_str(), cfg.model.recompute.c_str(), mib(mem.params), mib(mem.master), mib(mem.grads),
+              mib(mem.optimizer), mib(mem.activations));
 
   // Checkpoints: resume first, so that everything below starts from the restored step.
   FitData fit_data;
@@ -227,10 +237,10 @@ int train_main(const Options& opt) {
     std::printf("the checkpoint is at step %lld of %lld: nothing left to train\n", static_cast<long long>(first),
                 static_cast<long long>(tc.steps));
   } else {
-    std::printf("training: steps %lld..%lld x %lld micro-batches x (%lld x %lld) tokens, lr %.2g, warm-up %.0f%%\n",
+    std::printf("training: steps %lld..%lld x %lld micro-batches x (%lld x %lld) tokens, lr %.2g, warm-up %lld steps\n",
                 static_cast<long long>(first + 1), static_cast<long long>(tc.steps),
                 static_cast<long long>(tc.grad_accum), static_cast<long long>(tc.batch_size),
-                static_cast<long long>(tc.seq_len), tc.lr, 100 * tc.warmup_fraction);
+                static_cast<long long>(tc.seq_len), tc.lr, static_cast<long long>(trainer.schedule().warmup));
   }
 
   std::ofstream metrics;
@@ -272,7 +282,7 @@ int train_main(const Options& opt) {
   std::printf("final validation loss %.4f nats/token = %.3f x unigram entropy %.4f (%s 0.65)\n", val, val / entropy,
               entropy, val / entropy <= 0.65 ? "<=" : ">");
   if (!tc.save_weights.empty()) {
-    io::save_params(tc.save_weights, model.registry(), model.params(), {{"format", "tmoe"}});
+    io::save_params(tc.save_weights, model.registry(), trainer.master_params(), {{"format", "tmoe"}});
     std::printf("weights written to %s\n", tc.save_weights.c_str());
   }
   const std::string prompt_text = "The ";

@@ -14,6 +14,7 @@
 #include "tmoe/layers/norm.hpp"
 #include "tmoe/layers/positions.hpp"
 #include "tmoe/models/decoder_lm.hpp"
+#include "tmoe/models/recompute.hpp"
 #include "tmoe/models/transformer_block.hpp"
 #include "tmoe/moe/experts/gelu_ffn.hpp"
 #include "tmoe/moe/experts/swiglu.hpp"

@@ -1,6 +1,6 @@
 #define BOOST_TEST_MODULE instantiate_presets
 // Every preset of the example trainer (examples/train_moe_lm/preset_models.hpp), as a whole
-// Trainer in fp32: one step of two micro-batches, an evaluation batch and two generated
+// Trainer in fp32 with the run-time optimizer choice: one step of two micro-batches, an evaluation batch and two generated
 // tokens, with each preset's own defaults (presets.hpp) on a tiny model.
 #include <boost/test/unit_test.hpp>
 
@@ -20,12 +20,14 @@ template <class Model>
 void run(const char* preset) {
   Config cfg = test::tiny_train_config();
   for (const auto& p : train_moe_lm::presets())
-    if (std::string(p.name) == preset) p.defaults(cfg.model);
+    if (std::string(p.name) == preset) p.defaults(cfg);
   cfg.model.preset = preset;
   cfg.model.n_layers = 2;
   cfg.model.expert_heads = cfg.model.expert_heads > cfg.model.n_heads ? cfg.model.n_heads : cfg.model.expert_heads;
   cfg.train.grad_accum = 2;
-  Trainer<Model, AdamW, Fp32, Serial, backend::Cpu> tr(cfg);
+  // The example's optimizer policy, with the preset's train defaults (the seed's
+  // sign_momentum, clamps and expert L2); precision variants are the example's own tests.
+  Trainer<Model, StandardOptimizers, Fp32, Serial, backend::Cpu> tr(cfg);
   const auto batches = test::random_batches(cfg.train.batch_size * cfg.train.seq_len, cfg.model.vocab_size);
   const StepStats st = tr.train_step(batches);
   BOOST_TEST_MESSAGE(preset << ": loss " << st.loss << ", aux " << st.aux);

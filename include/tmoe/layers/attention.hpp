@@ -1,13 +1,20 @@
 #pragma once
 // Causal multi-head self-attention: qkv = x Wqkvᵀ (+b), RoPE on q and k (when the position
 // policy is rotary), softmax(q kᵀ / √hd) with a causal mask, y = att v, out = y Woᵀ (+b).
+// In training, model.attn_dropout drops attention probabilities (layers/dropout.hpp): the
+// mask of query token g (global index), head hi, key j is keyed (layer, kAttnProbs, g,
+// hi · model.context + j). store_probs = false keeps no (B, H, T, T) buffer (the backward
+// recomputes the probabilities; for selective recomputation).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
 
 #include "tmoe/core/config.hpp"
+#include "tmoe/layers/dropout.hpp"
 #include "tmoe/layers/linear.hpp"
 #include "tmoe/layers/positions.hpp"
+#include "tmoe/moe/routing.hpp"
 #include "tmoe/tensor/tensor.hpp"
 
 namespace tmoe {
@@ -21,6 +28,10 @@ struct CausalAttention {
   struct impl {
     std::int64_t c = 0, h = 0;
     double rope_base = 10000.0;
+    double attn_dropout = 0;
+    std::int64_t context = 0;
+    bool store_probs = true;          // false: backward recomputes the probabilities
+    AttentionOptions opt;             // of the last forward
     layers::Linear<T, B> qkv_proj, out_proj;
     Tensor<T> qkv, att, y, dqkv, dy;  // saved activations (B,T,3C), (B,H,T,T), (B,T,C)
     Tensor<T> cos_t, sin_t;           // (T, hd/2)
@@ -31,6 +42,8 @@ struct CausalAttention {
       c = cfg.d_model;
       h = cfg.n_heads;
       rope_base = cfg.rope_base;
+      attn_dropout = cfg.attn_dropout;
+      context = cfg.context;
       const double out_std = cfg.init_std / std::sqrt(2.0 * static_cast<double>(cfg.n_layers));
       qkv_proj.declare(r, name + ".qkv", c, 3 * c, cfg.linear_bias, kTagAttention, cfg.init_std);
       out_proj.declare(r, name + ".out", c, c, cfg.linear_bias, kTagAttention, out_std);
@@ -40,14 +53,26 @@ struct CausalAttention {
       out_proj.bind(r, p, g);
     }
 
+    // Drops the saved activations (full recomputation); the next forward allocates them again.
+    void release() {
+      for (auto* t : {&qkv, &att, &y, &dqkv, &dy}) t->release();
+      bsz = len = 0;
+    }
+    // Bytes of the buffers above for a (b, t) batch; the (B, H, T, T) probabilities only when
+    // stored (selective recomputation recomputes them in backward).
+    std::int64_t activation_bytes(std::int64_t b, std::int64_t t) const {
+      const std::int64_t n = b * t;
+      return static_cast<std::int64_t>(sizeof(T)) * (8 * n * c + (store_probs ? b * h * t * t : 0) + t * (c / h));
+    }
+
     void prepare(std::int64_t b, std::int64_t t) {
       const std::int64_t n = b * t;
+      if (store_probs && (att.numel() != b * h * t * t || bsz != b || len != t)) att.resize(Shape{b, h, t, t});
       if (bsz == b && len == t) return;
       bsz = b;
       len = t;
       qkv.resize(Shape{n, 3 * c});
       dqkv.resize(Shape{n, 3 * c});
-      att.resize(Shape{b, h, t, t});
       y.resize(Shape{n, c});
       dy.resize(Shape{n, c});
       if constexpr (Pos::rotary) {
@@ -63,21 +88,31 @@ struct CausalAttention {
       }
     }
 
-    // in, out: (B, T, C)
-    void forward(const T* in, T* out, std::int64_t b, std::int64_t t) {
+    // in, out: (B, T, C); ctx: training mode and the Philox coordinates of the dropout.
+    void forward(const T* in, T* out, std::int64_t b, std::int64_t t, const RouteContext& ctx = {}) {
       prepare(b, t);
+      opt = AttentionOptions{};
+      opt.store_probs = store_probs;
+      if (ctx.training && attn_dropout > 0) {
+        opt.dropout = attn_dropout;
+        opt.seed = ctx.seed;
+        opt.step = ctx.step;
+        opt.site = dropout_site(ctx.layer, DropoutUse::kAttnProbs);
+        opt.token_offset = ctx.token_offset;
+        opt.head_stride = std::max(context, t);
+      }
       x = in;
       const std::int64_t n = b * t;
       qkv_proj.forward(in, qkv.data(), n);
       if constexpr (Pos::rotary) B::rope_apply(qkv.data(), cos_t.data(), sin_t.data(), b, t, c, h, T(1));
-      B::attention_forward(qkv.data(), att.data(), y.data(), b, t, c, h);
+      B::attention_forward(qkv.data(), store_probs ? att.data() : nullptr, y.data(), b, t, c, h, opt);
       out_proj.forward(y.data(), out, n);
     }
 
     void backward(const T* dout, T* dx, bool accumulate_dx) {
       const std::int64_t n = bsz * len;
       out_proj.backward(y.data(), dout, dy.data(), n, false);
-      B::attention_backward(dy.data(), qkv.data(), att.data(), dqkv.data(), bsz, len, c, h);
+      B::attention_backward(dy.data(), qkv.data(), opt.store_probs ? att.data() : nullptr, dqkv.data(), bsz, len, c, h, opt);
       if constexpr (Pos::rotary) B::rope_apply(dqkv.data(), cos_t.data(), sin_t.data(), bsz, len, c, h, T(-1));
       // qkv_proj's weight gradient needs its input x; q and k were rotated in place, but the
       // projection's input is x itself, so nothing else is needed.

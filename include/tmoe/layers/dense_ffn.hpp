@@ -34,6 +34,11 @@ struct Dense {
     void forward(const T* in, T* out, std::int64_t n, const RouteContext& = {}) { ffn.forward(in, out, n); }
     void backward(const T* dout, T* dx, bool accumulate_dx, double) { ffn.backward(dout, dx, accumulate_dx); }
     double loss() const { return 0.0; }
+    void set_selective(bool) {}  // a dense layer keeps its activations under selective recompute
+    void release() { ffn.release(); }
+    std::int64_t activation_bytes(std::int64_t rows, bool) const {
+      return rows * ExpertP::template impl<T, B>::floats_per_row(shape) * static_cast<std::int64_t>(sizeof(T));
+    }
     std::span<const std::int64_t> expert_counts() const { return {}; }
     template <class SumFn>
     void after_step(SumFn&&) {}

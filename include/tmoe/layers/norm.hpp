@@ -24,6 +24,8 @@ struct RmsNorm {
       weight.index = r.add(name + ".weight", Shape{c}, kTagNorm, Init::kOnes);
     }
     void bind(const ParamRegistry& r, T* p, T* g) { weight.bind(r, p, g); }
+    void release() { rstd.release(); }
+    static std::int64_t activation_bytes(std::int64_t n) { return n * static_cast<std::int64_t>(sizeof(T)); }
     void forward(const T* in, T* out, std::int64_t n) {
       if (rstd.numel() != n) rstd.resize(Shape{n});
       x = in;
@@ -55,6 +57,11 @@ struct LayerNorm {
       weight.bind(r, p, g);
       bias.bind(r, p, g);
     }
+    void release() {
+      mean.release();
+      rstd.release();
+    }
+    static std::int64_t activation_bytes(std::int64_t n) { return 2 * n * static_cast<std::int64_t>(sizeof(T)); }
     void forward(const T* in, T* out, std::int64_t n) {
       if (rstd.numel() != n) {
         rstd.resize(Shape{n});

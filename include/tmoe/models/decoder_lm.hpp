@@ -20,6 +20,7 @@
 #include "tmoe/core/philox.hpp"
 #include "tmoe/core/registry.hpp"
 #include "tmoe/layers/norm.hpp"
+#include "tmoe/models/recompute.hpp"
 #include "tmoe/moe/plan.hpp"
 #include "tmoe/moe/routing.hpp"
 #include "tmoe/tensor/tensor.hpp"
@@ -75,6 +76,33 @@ struct DecoderLM {
       for (auto& b : blocks_) b.bind(registry_, p, g);
       final_norm_.bind(registry_, p, g);
       if (head_) head_.bind(registry_, p, g);
+      set_recompute(recompute_mode(cfg_));
+    }
+
+    // Activation recomputation (models/recompute.hpp); model.recompute sets it at construction.
+    void set_recompute(RecomputeMode r) {
+      recompute_ = r;
+      for (auto& b : blocks_) {
+        b.set_selective(r == RecomputeMode::kSelective);
+        b.release();
+      }
+    }
+    RecomputeMode recompute() const { return recompute_; }
+
+    // Predicted peak bytes of activations and scratch for a training micro-batch of (b, t):
+    // the residual stream, logits and their gradients, and every block's buffers — or, under
+    // full recomputation, the largest single block's (only one is alive at a time).
+    std::int64_t activation_bytes(std::int64_t b, std::int64_t t) const {
+      const std::int64_t n = b * t, c = cfg_.d_model, v = cfg_.vocab_size, sz = static_cast<std::int64_t>(sizeof(T));
+      std::int64_t bytes = sz * ((cfg_.n_layers + 1) * n * c + 4 * n * c + 2 * n * v + n) +
+                           Norm::template impl<T, B>::activation_bytes(n);
+      std::int64_t sum = 0, largest = 0;
+      for (const auto& blk : blocks_) {
+        const std::int64_t bb = blk.activation_bytes(b, t);
+        sum += bb;
+        largest = std::max(largest, bb);
+      }
+      return bytes + (recompute_ == RecomputeMode::kFull ? largest : sum);
     }
     impl(const impl&) = delete;
     impl& operator=(const impl&) = delete;
@@ -110,8 +138,10 @@ struct DecoderLM {
     using GradReadyHook = std::function<void(int first, int last)>;
     void set_grad_ready_hook(GradReadyHook hook) { grad_ready_ = std::move(hook); }
 
-    // Training or inference for the forwards that follow: training turns router noise on and
-    // counts expert loads for the bias update; seed, step and token_offset key the noise.
+    // Training or inference for the forwards that follow: training turns router noise and the
+    // dropouts (model.dropout, attn_dropout, expert_dropout, expert_drop_rate) on and counts
+    // expert loads for the bias update; seed, step and token_offset (the global index of this
+    // micro-batch's first token in the step) key the noise and every dropout mask.
     // The trainer sets it before each micro-batch; the default is inference.
     void set_mode(bool training, std::uint64_t seed = 0, std::int64_t step = 0, std::int64_t token_offset = 0) {
       mode_.training = training;
@@ -157,6 +187,7 @@ struct DecoderLM {
         ctx.tokens = ids;
         ctx.layer = static_cast<std::int64_t>(l);
         blocks_[l].forward(res_[l].data(), res_[l + 1].data(), b, t, ctx);
+        if (recompute_ == RecomputeMode::kFull) blocks_[l].release();
       }
       final_norm_.forward(res_.back().data(), hf_.data(), n);
       const T* hw = head_ ? head_.w : wte_.w;
@@ -189,7 +220,17 @@ struct DecoderLM {
       ready(block_first_.back(), final_norm_end_);
       int cur = 0;
       for (std::size_t l = blocks_.size(); l-- > 0;) {
+        if (recompute_ == RecomputeMode::kFull) {
+          // Re-run the block's forward from its saved input: the same numbers (fixed-shape
+          // products, Philox masks keyed as before), written over the same output.
+          RouteContext ctx = mode_;
+          ctx.tokens = ids_;
+          ctx.layer = static_cast<std::int64_t>(l);
+          ctx.recompute = true;
+          blocks_[l].forward(res_[l].data(), res_[l + 1].data(), b_, t_, ctx);
+        }
         blocks_[l].backward(dres_[cur].data(), dres_[1 - cur].data(), grad_scale);
+        if (recompute_ == RecomputeMode::kFull) blocks_[l].release();
         ready(block_first_[l], block_first_[l + 1]);
         cur = 1 - cur;
       }
@@ -255,6 +296,7 @@ struct DecoderLM {
     int final_norm_end_ = 0;
     GradReadyHook grad_ready_;
     RouteContext mode_;
+    RecomputeMode recompute_ = RecomputeMode::kNone;
   };
 };
 

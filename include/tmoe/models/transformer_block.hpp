@@ -4,11 +4,15 @@
 // With an MoE ffn, the model's layers that ModelConfig::is_moe_layer marks dense (the first
 // moe_first_dense, then all but every moe_every-th) use the MoE policy's dense_policy
 // (Dense<Expert>, hidden width model.d_ff) instead: one block type, two feed-forward kinds.
+// In training, model.dropout drops elements of the attention output and of the feed-forward
+// output before each residual add (GPT-2's resid_pdrop): h = x + drop(attn(..)), y = h +
+// drop(ffn(..)), keyed (layer, kAttnOut / kFfnOut, global token, channel) (layers/dropout.hpp).
 #include <cstdint>
 #include <string>
 
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
+#include "tmoe/layers/dropout.hpp"
 #include "tmoe/moe/routing.hpp"
 #include "tmoe/tensor/tensor.hpp"
 
@@ -33,11 +37,15 @@ struct TransformerBlock {
     bool moe = Ffn::is_moe;  // this layer runs `ffn` (MoE) rather than `dense`
     Tensor<T> h1, a, mid, h2, f, dtmp, dmid;  // (N, C)
     std::int64_t c = 0, bsz = 0, len = 0;
+    double dropout = 0;                  // model.dropout
+    DropoutMask drop_a, drop_f;          // of the last forward (inactive outside training)
+    std::int64_t tok0 = 0;               // global index of the last forward's first token
 
     // layer: the block's index in the model, which decides dense vs MoE; -1 (a block on its
     // own, as in the layer tests) keeps the Ffn policy's kind.
     void declare(ParamRegistry& r, const std::string& name, const ModelConfig& cfg, std::int64_t layer = -1) {
       c = cfg.d_model;
+      dropout = cfg.dropout;
       moe = Ffn::is_moe && (layer < 0 || cfg.is_moe_layer(layer));
       norm1.declare(r, name + ".attn_norm", c, cfg.norm_eps);
       attn.declare(r, name + ".attn", cfg);
@@ -61,33 +69,76 @@ struct TransformerBlock {
       bsz = b;
       len = t;
       for (auto* buf : {&h1, &a, &mid, &h2, &f, &dtmp, &dmid}) buf->ensure(Shape{n, c});
+      const bool drop = ctx.training && dropout > 0;
+      drop_a = drop ? DropoutMask::make(dropout, ctx.seed, ctx.step, dropout_site(ctx.layer, DropoutUse::kAttnOut))
+                    : DropoutMask{};
+      drop_f = drop ? DropoutMask::make(dropout, ctx.seed, ctx.step, dropout_site(ctx.layer, DropoutUse::kFfnOut))
+                    : DropoutMask{};
+      tok0 = ctx.token_offset;
       norm1.forward(x, h1.data(), n);
-      attn.forward(h1.data(), a.data(), b, t);
-      add(x, a.data(), mid.data(), n * c);
+      attn.forward(h1.data(), a.data(), b, t, ctx);
+      if (drop_a.active()) layers::dropout_add<B>(drop_a, tok0, x, a.data(), mid.data(), n, c);
+      else add(x, a.data(), mid.data(), n * c);
       norm2.forward(mid.data(), h2.data(), n);
       RouteContext rc = ctx;
       rc.batch = b;
       rc.seq_len = t;
       if (uses_dense()) dense.forward(h2.data(), f.data(), n);
       else ffn.forward(h2.data(), f.data(), n, rc);
-      add(mid.data(), f.data(), y, n * c);
+      if (drop_f.active()) layers::dropout_add<B>(drop_f, tok0, mid.data(), f.data(), y, n, c);
+      else add(mid.data(), f.data(), y, n * c);
     }
 
     // dy (N, C) -> dx (N, C), overwritten.
     void backward(const T* dy, T* dx, double grad_scale) {
       const std::int64_t n = bsz * len;
-      // y = mid + f: dmid = dy + ∂f/∂mid
-      if (uses_dense()) dense.backward(dy, dtmp.data(), false, grad_scale);
-      else ffn.backward(dy, dtmp.data(), false, grad_scale);
+      // y = mid + drop(f): dmid = dy + (∂f/∂mid)ᵀ drop(dy), the mask regenerated from its keys;
+      // f and a are not needed by backward otherwise and hold the masked output gradients.
+      const T* df = dy;
+      if (drop_f.active()) {
+        layers::dropout_rows<B>(drop_f, tok0, nullptr, 0, dy, f.data(), n, c);
+        df = f.data();
+      }
+      if (uses_dense()) dense.backward(df, dtmp.data(), false, grad_scale);
+      else ffn.backward(df, dtmp.data(), false, grad_scale);
       copy(dy, dmid.data(), n * c);
       norm2.backward(dtmp.data(), dmid.data(), n, true);
-      // mid = x + a
-      attn.backward(dmid.data(), dtmp.data(), false);
+      // mid = x + drop(a)
+      const T* da = dmid.data();
+      if (drop_a.active()) {
+        layers::dropout_rows<B>(drop_a, tok0, nullptr, 0, dmid.data(), a.data(), n, c);
+        da = a.data();
+      }
+      attn.backward(da, dtmp.data(), false);
       copy(dmid.data(), dx, n * c);
       norm1.backward(dtmp.data(), dx, n, true);
     }
 
     double loss() const { return uses_dense() ? 0.0 : ffn.loss(); }
+
+    // Activation recomputation (models/recompute.hpp): selective keeps no attention
+    // probabilities and rebuilds routed experts' hidden activations in backward; release()
+    // drops everything forward saved, for full recomputation.
+    void set_selective(bool on) {
+      attn.store_probs = !on;
+      if (uses_dense()) dense.set_selective(on);
+      else ffn.set_selective(on);
+    }
+    void release() {
+      for (auto* t : {&h1, &a, &mid, &h2, &f, &dtmp, &dmid}) t->release();
+      norm1.release();
+      norm2.release();
+      attn.release();
+      if (uses_dense()) dense.release();
+      else ffn.release();
+    }
+    // Predicted bytes of this block's buffers for a forward + backward over (b, t).
+    std::int64_t activation_bytes(std::int64_t b, std::int64_t t) const {
+      const std::int64_t n = b * t;
+      const bool selective = !attn.store_probs;
+      return 7 * n * c * static_cast<std::int64_t>(sizeof(T)) + 2 * Norm::template impl<T, B>::activation_bytes(n) +
+             attn.activation_bytes(b, t) + (uses_dense() ? dense.activation_bytes(n, selective) : ffn.activation_bytes(n, selective));
+    }
     std::int64_t ffn_active_weights() const { return uses_dense() ? dense.active_weights() : ffn.active_weights(); }
 
    private:

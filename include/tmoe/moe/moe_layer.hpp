@@ -13,6 +13,14 @@
 //   combine  each token sums its kept assignments' gate · expert output in assignment order,
 //            plus the shared experts (model.n_shared_experts, always on) applied to every token
 // Balancing terms (moe/balance.hpp) are a compile-time list, each with its config weight.
+// Training-only regularisation (layers/dropout.hpp, docs/regularisation.md):
+//   expert dropout   model.expert_dropout gives expert e a rate for its hidden units, keyed
+//                    (layer, kExpertHidden, global token of the routed row, e · depth · hidden + unit)
+//   expert drop      model.expert_drop_rate drops each kept assignment (token, e), keyed
+//                    (layer, kExpertDrop, global token, e), after capacity; the token's surviving
+//                    gates are rescaled to the sum of its kept gates: g'_j = m_j g_j S / S_m,
+//                    S = Σ_kept g, S_m = Σ_kept m g (all dropped: no routed output). Balancing
+//                    losses, statistics and the bias-update load see the router's choice.
 //
 //   MoE<Expert, Router = TopK, Capacity = Dropless, Balance = Balancing<AuxLoss, ZLoss>>
 #include <algorithm>
@@ -30,6 +38,7 @@
 #include "tmoe/core/error.hpp"
 #include "tmoe/core/philox.hpp"
 #include "tmoe/layers/dense_ffn.hpp"
+#include "tmoe/layers/dropout.hpp"
 #include "tmoe/layers/linear.hpp"
 #include "tmoe/moe/balance.hpp"
 #include "tmoe/moe/capacity.hpp"
@@ -131,6 +140,15 @@ struct MoE {
     std::vector<double> step_load;            // (E) routed tokens over the step (BiasUpdate)
     double loss_ = 0;
     MoEStats stats_;
+    // dropout (training only)
+    std::vector<double> hidden_rates;         // (E) model.expert_dropout per expert
+    double expert_drop_rate = 0, attn_dropout = 0;
+    std::int64_t context = 0;
+    bool xdrop_on = false;                    // the last forward dropped assignments
+    std::vector<std::uint8_t> xdrop;          // (A) dropped by expert drop (kept by capacity)
+    std::vector<std::int64_t> cap_counts;     // (E) rows per expert before the expert drop
+    std::vector<double> tok_s, tok_sm, tok_d; // (N) Σ kept gates, Σ surviving gates, backward sums
+    Tensor<T> egates;                         // (A) gates after the drop and rescaling
 
     void declare(ParamRegistry& r, const std::string& name, const ModelConfig& cfg) {
       c = cfg.d_model;
@@ -142,10 +160,16 @@ struct MoE {
       route_scale = cfg.route_scale;
       capacity_factor = cfg.capacity_factor;
       drop_by_position = cfg.drop_policy == "position";
+      hidden_rates = cfg.expert_dropout_rates();
+      expert_drop_rate = cfg.expert_drop_rate;
+      attn_dropout = cfg.attn_dropout;
+      context = cfg.context;
       std::size_t i = 0;
       std::apply([&](auto... p) { ((weights[i++] = decltype(p)::weight(cfg)), ...); }, typename BalanceP::list{});
-      if constexpr (RouterP::learned)
+      if constexpr (RouterP::learned) {
         router.declare(r, name + ".router", c, cfg.n_experts, false, kTagRouter, cfg.init_std);
+        router.exact = true;  // fp32 router logits under a narrow storage precision
+      }
       if constexpr (RouterP::has_bias)
         bias.index = r.add(name + ".router.bias", Shape{cfg.n_experts}, kTagRouter | kTagBias | kTagBuffer, Init::kZeros);
       const double out_std = cfg.init_std / std::sqrt(2.0 * static_cast<double>(cfg.n_layers));
@@ -183,6 +207,8 @@ struct MoE {
       const std::int64_t a = static_cast<std::int64_t>(a_expert.size());
       kept.assign(static_cast<std::size_t>(a), 1);
       if constexpr (CapacityP::drops && !kExpertChoice) apply_capacity();
+      xdrop_on = ctx.training && expert_drop_rate > 0;
+      if (xdrop_on) apply_expert_drop();
       plan.build(a_expert.data(), a_token.data(), kept.data(), a, n, e);
       balance_forward();
       // dispatch
@@ -204,13 +230,14 @@ struct MoE {
           segments(x2);
           ex.set_segments(seg.data(), static_cast<std::int64_t>(seg.size()) - 1);
         }
+        if constexpr (requires { ex.set_dropout(ExpertDropout{}); }) ex.set_dropout(expert_dropout(x2));
         ex.forward(xe.data() + plan.offsets[x2] * c, ye.data() + plan.offsets[x2] * c, plan.counts[x2]);
       }
       // combine (+ shared experts)
       if (has_shared) shared.forward(in, out, n);
       {
         const std::int32_t *to = plan.tok_offsets.data(), *ta = plan.tok_assign.data(), *ps = plan.pos.data();
-        const T *y = ye.data(), *gt = rgates.data();
+        const T *y = ye.data(), *gt = xdrop_on ? egates.data() : rgates.data();
         const T rs = static_cast<T>(route_scale);
         const bool add = has_shared;
         B::for_rows(n, [=](std::int64_t t) {
@@ -230,6 +257,39 @@ struct MoE {
     // Weighted balancing loss of the last forward.
     double loss() const { return loss_; }
 
+    // Activation recomputation. Selective: routed experts rebuild their hidden activations
+    // in backward. release(): drops every saved activation (full recomputation re-runs the
+    // forward before backward); the routing plan and statistics stay, they are small.
+    void set_selective(bool on) {
+      for (auto& ex : experts)
+        if constexpr (requires { ex.set_selective(true); }) ex.set_selective(on);
+    }
+    void release() {
+      for (auto* t : {&xj, &jmask, &raw, &logits, &probs, &sel, &rgates, &xe, &ye, &dye, &dxe, &tmp, &dlogits, &dprobs_t,
+                      &dgate, &egates})
+        t->release();
+      dprobs = {};
+      draw = {};
+      for (auto& ex : experts) ex.release();
+      if (has_shared) shared.release();
+    }
+    // Predicted bytes of a forward + backward over n tokens, dropless or at capacity (the
+    // routed rows of all experts together: n·k, or E·C); `selective`: expert hidden
+    // activations live one expert at a time.
+    std::int64_t activation_bytes(std::int64_t rows, bool selective) const {
+      const std::int64_t e = rp.n_experts;
+      std::int64_t routed = rows * k;
+      if constexpr (CapacityP::drops || kExpertChoice)
+        routed = std::min(routed, e * expert_capacity(capacity_factor, rows, k, e));
+      const std::int64_t per_row = ExpertImpl::floats_per_row(eshape);
+      const std::int64_t expert_rows = selective ? (routed + e - 1) / e : routed;
+      std::int64_t floats = 4 * rows * e + 3 * routed + 4 * routed * c + rows * c + 2 * rows * e +
+                            expert_rows * per_row;
+      if (jitter > 0) floats += 2 * rows * c;
+      if (has_shared) floats += rows * SharedImpl::floats_per_row(sshape);
+      return floats * static_cast<std::int64_t>(sizeof(T)) + 2 * rows * e * static_cast<std::int64_t>(sizeof(double));
+    }
+
     // dout (N, C) -> dx (N, C); grad_scale multiplies the balancing losses' gradients (the
     // same factor the model applies to its loss, e.g. 1 / micro-batches).
     void backward(const T* dout, T* dx, bool accumulate_dx, double grad_scale) {
@@ -241,7 +301,7 @@ struct MoE {
       // combine backward: dye = g · dout, dgate (router's gate) = route_scale · <dout, y>
       {
         const std::int32_t *rt = plan.row_token.data(), *ra = plan.row_assign.data();
-        const T *y = ye.data(), *gt = rgates.data();
+        const T *y = ye.data(), *gt = xdrop_on ? egates.data() : rgates.data();
         T *dy = dye.data(), *dg = dgate.data();
         const double rs = route_scale;
         std::fill(dg, dg + a, T(0));
@@ -256,6 +316,7 @@ struct MoE {
           dg[ra[r]] = static_cast<T>(rs * dot);
         });
       }
+      if (xdrop_on) expert_drop_backward();  // dgate: of the rescaled gates -> of the router's
       // experts backward
       for (std::int64_t x2 = 0; x2 < e; ++x2)
         experts[static_cast<std::size_t>(x2)].backward(dye.data() + plan.offsets[x2] * c,
@@ -303,6 +364,11 @@ struct MoE {
     std::span<const std::int32_t> assignment_experts() const { return a_expert; }
     std::span<const std::int32_t> assignment_tokens() const { return a_token; }
     std::span<const std::uint8_t> assignment_kept() const { return kept; }
+    // Assignments the expert drop removed in the last forward (empty when it was off); they
+    // are also not kept.
+    std::span<const std::uint8_t> assignment_expert_dropped() const {
+      return xdrop_on ? std::span<const std::uint8_t>(xdrop) : std::span<const std::uint8_t>();
+    }
     // The gate each assignment's output is multiplied by (route_scale included).
     double gate(std::int64_t a) const { return route_scale * static_cast<double>(rgates[a]); }
     std::int64_t capacity() const { return cap; }
@@ -439,6 +505,87 @@ struct MoE {
       });
     }
 
+    // What expert x needs for its dropout in this forward (inactive outside training).
+    ExpertDropout expert_dropout(std::int64_t x2) const {
+      ExpertDropout d;
+      if (!ctx.training) return d;
+      const auto ux = static_cast<std::uint64_t>(x2), depth = static_cast<std::uint64_t>(eshape.depth);
+      d.hidden = DropoutMask::make(hidden_rates[static_cast<std::size_t>(x2)], ctx.seed, ctx.step,
+                                   dropout_site(ctx.layer, DropoutUse::kExpertHidden));
+      d.token_offset = ctx.token_offset;
+      d.tokens = plan.row_token.data() + plan.offsets[x2];
+      d.element_offset = ux * depth * static_cast<std::uint64_t>(eshape.hidden);
+      d.attn_rate = attn_dropout;
+      d.seed = ctx.seed;
+      d.step = ctx.step;
+      d.attn_site = dropout_site(ctx.layer, DropoutUse::kExpertAttnProbs);
+      d.attn_head_stride = context;
+      d.attn_element_offset = ux * depth * static_cast<std::uint64_t>(eshape.heads * context);
+      return d;
+    }
+
+    // Expert drop: each assignment kept by capacity survives with probability 1 − p (Philox
+    // keyed by its global token and expert); a token's surviving gates are rescaled by
+    // r = S / S_m, S and S_m summed in assignment order. r is exactly 1 for a token that lost
+    // nothing (S and S_m are the same sums).
+    void apply_expert_drop() {
+      const std::int64_t e = rp.n_experts, a = static_cast<std::int64_t>(a_expert.size());
+      const DropoutMask m = DropoutMask::make(expert_drop_rate, ctx.seed, ctx.step,
+                                              dropout_site(ctx.layer, DropoutUse::kExpertDrop));
+      cap_counts.assign(static_cast<std::size_t>(e), 0);
+      xdrop.assign(static_cast<std::size_t>(a), 0);
+      {
+        const std::int32_t *ex = a_expert.data(), *tk = a_token.data();
+        const std::uint8_t* kp = kept.data();
+        std::uint8_t* xd = xdrop.data();
+        const std::int64_t off = ctx.token_offset;
+        B::for_rows(a, [=](std::int64_t i) {
+          if (kp[i] && !m.kept(static_cast<std::uint64_t>(off + tk[i]), static_cast<std::uint64_t>(ex[i]))) xd[i] = 1;
+        });
+      }
+      tok_s.assign(static_cast<std::size_t>(n), 0.0);
+      tok_sm.assign(static_cast<std::size_t>(n), 0.0);
+      const T* gt = rgates.data();
+      for (std::int64_t i = 0; i < a; ++i) {
+        if (!kept[i]) continue;
+        ++cap_counts[static_cast<std::size_t>(a_expert[i])];
+        const double g = static_cast<double>(gt[i]);
+        tok_s[static_cast<std::size_t>(a_token[i])] += g;
+        if (xdrop[i]) kept[i] = 0;
+        else tok_sm[static_cast<std::size_t>(a_token[i])] += g;
+      }
+      egates.ensure(Shape{std::max<std::int64_t>(a, 1)});
+      T* eg = egates.data();
+      for (std::int64_t i = 0; i < a; ++i) {
+        const auto t = static_cast<std::size_t>(a_token[i]);
+        eg[i] = kept[i] && tok_sm[t] > 0 ? static_cast<T>(static_cast<double>(gt[i]) * (tok_s[t] / tok_sm[t])) : T(0);
+      }
+    }
+
+    // dgate holds ∂L/∂g' (the rescaled gates; 0 for dropped assignments). With M the
+    // survivors, K ⊇ M the assignments kept by capacity, r = S / S_m and D = Σ_{j∈M} ∂L/∂g'_j g_j:
+    //   ∂L/∂g_i = [i∈M] r ∂L/∂g'_i + D (1 − [i∈M] r) / S_m   for i ∈ K (0 when S_m = 0),
+    // since ∂g'_j/∂g_i = [i=j] r + g_j ∂r/∂g_i and ∂r/∂g_i = (1 − [i∈M] r) / S_m.
+    void expert_drop_backward() {
+      const std::int64_t a = static_cast<std::int64_t>(a_expert.size());
+      const T* gt = rgates.data();
+      T* dg = dgate.data();
+      tok_d.assign(static_cast<std::size_t>(n), 0.0);
+      for (std::int64_t i = 0; i < a; ++i)
+        if (kept[i]) tok_d[static_cast<std::size_t>(a_token[i])] += static_cast<double>(dg[i]) * static_cast<double>(gt[i]);
+      for (std::int64_t i = 0; i < a; ++i) {
+        if (!kept[i] && !xdrop[i]) continue;
+        const auto t = static_cast<std::size_t>(a_token[i]);
+        const double sm = tok_sm[t];
+        if (!(sm > 0)) {
+          dg[i] = T(0);
+          continue;
+        }
+        const double r = tok_s[t] / sm, base = tok_d[t] / sm;
+        dg[i] = static_cast<T>(kept[i] ? r * static_cast<double>(dg[i]) + base * (1.0 - r) : base);
+      }
+    }
+
     // Row ranges of expert x's slice that belong to one sequence (rows are in token order).
     void segments(std::int64_t x2) {
       const std::int64_t len = ctx.seq_len > 0 ? ctx.seq_len : std::max<std::int64_t>(n, 1);
@@ -478,9 +625,11 @@ struct MoE {
              ...);
           },
           typename BalanceP::list{});
-      stats_.tokens.assign(plan.counts.begin(), plan.counts.end());
+      // the router's choice after capacity, before the expert drop
+      const std::vector<std::int64_t>& counts = xdrop_on ? cap_counts : plan.counts;
+      stats_.tokens.assign(counts.begin(), counts.end());
       stats_.dropped.resize(static_cast<std::size_t>(e));
-      for (std::int64_t x2 = 0; x2 < e; ++x2) stats_.dropped[x2] = plan.routed[x2] - plan.counts[x2];
+      for (std::int64_t x2 = 0; x2 < e; ++x2) stats_.dropped[x2] = plan.routed[x2] - counts[x2];
       double h = 0;
       {
         const T* pr = probs.data();
@@ -493,7 +642,7 @@ struct MoE {
       }
       stats_.entropy = n ? h / static_cast<double>(n) : 0.0;
       if constexpr (RouterP::has_bias) stats_.bias.assign(bias.w, bias.w + e);
-      if (ctx.training) {
+      if (ctx.training && !ctx.recompute) {
         if (step_load.size() != static_cast<std::size_t>(e)) step_load.assign(static_cast<std::size_t>(e), 0.0);
         for (std::int64_t x2 = 0; x2 < e; ++x2) step_load[x2] += static_cast<double>(plan.routed[x2]);
       }

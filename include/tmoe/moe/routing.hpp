@@ -46,6 +46,8 @@ struct RouteContext {
   std::int64_t step = 0;                 // optimizer step (0-based)
   std::int64_t token_offset = 0;         // global index of this forward's first token in the step
   std::int64_t layer = 0;
+  bool recompute = false;                // a recomputation of an earlier forward (full activation
+                                         // recompute): same results, no statistics counted twice
 };
 
 // ids (k) = indices of the k largest keys, largest first; ties keep the lower index, so the

@@ -94,6 +94,14 @@ class Tensor {
     }
     shape_ = s;
   }
+  // Frees the memory (activation recomputation drops saved activations between uses).
+  void release() {
+    data_.reset();
+    capacity_ = 0;
+    shape_ = Shape{0};
+  }
+  // Bytes held, which may exceed numel() · sizeof(T) after a geometric ensure().
+  std::int64_t capacity_bytes() const { return capacity_ * static_cast<std::int64_t>(sizeof(T)); }
   void zero() {
     if (capacity_ > 0) std::memset(static_cast<void*>(data_.get()), 0, sizeof(T) * static_cast<std::size_t>(numel()));
   }

@@ -1,9 +1,11 @@
 #pragma once
 // SwiGLU feed-forward (Shazeer 2020): y = (silu(x W1ᵀ) ⊙ x W3ᵀ) W2ᵀ, W1, W3 (H, C), W2 (C, H).
-// Used as a routed expert (over its token slice) and as a dense FFN (over all tokens).
+// Used as a routed expert (over its token slice) and as a dense FFN (over all tokens). As a
+// routed expert in training, set_dropout() drops hidden units h (before W2), layers/dropout.hpp.
 #include <cstdint>
 #include <string>
 
+#include "tmoe/layers/dropout.hpp"
 #include "tmoe/layers/linear.hpp"
 #include "tmoe/tensor/tensor.hpp"
 
@@ -21,6 +23,17 @@ struct SwiGLU {
     Tensor<T> a1, a3, hid, dhid, d1, d3;  // (n, H)
     const T* x = nullptr;
     std::int64_t n = 0;
+    ExpertDropout drop;  // for the next forward and its backward (inactive by default)
+
+    bool recompute_hidden = false;  // selective recomputation: a1, a3, hid rebuilt in backward
+
+    void set_dropout(const ExpertDropout& d) { drop = d; }
+    void set_selective(bool on) { recompute_hidden = on; }
+    void release() {
+      for (auto* t : {&a1, &a3, &hid, &dhid, &d1, &d3}) t->release();
+    }
+    // Activation floats per routed row: six (rows, H) buffers.
+    static std::int64_t floats_per_row(const ExpertShape& s) { return 6 * s.hidden; }
 
     void declare(ParamRegistry& r, const std::string& name, const ExpertShape& s) {
       w1.declare(r, name + ".w1", s.d_model, s.hidden, s.bias, s.tags, s.std);
@@ -37,7 +50,15 @@ struct SwiGLU {
     void forward(const T* in, T* y, std::int64_t rows) {
       x = in;
       n = rows;
-      const std::int64_t hdim = w1.out;
+      hidden_forward();
+      w2.forward(hid.data(), y, rows);
+      if (recompute_hidden) release();
+    }
+    // a1 = x W1ᵀ, a3 = x W3ᵀ, hid = drop(silu(a1) ⊙ a3): from the saved input alone, so the
+    // selective recomputation repeats it bit for bit.
+    void hidden_forward() {
+      const std::int64_t hdim = w1.out, rows = n;
+      const T* in = x;
       a1.ensure(Shape{rows, hdim});
       a3.ensure(Shape{rows, hdim});
       hid.ensure(Shape{rows, hdim});
@@ -45,19 +66,25 @@ struct SwiGLU {
       w3.forward(in, a3.data(), rows);
       T* ph = hid.data();
       B::swiglu_forward(a1.data(), a3.data(), ph, rows, hdim);
-      w2.forward(ph, y, rows);
+      if (drop.hidden.active())
+        layers::dropout_rows<B>(drop.hidden, drop.token_offset, drop.tokens, drop.element_offset, ph, ph, rows, hdim);
     }
 
     void backward(const T* dy, T* dx, bool accumulate_dx) {
       const std::int64_t hdim = w1.out, rows = n;
+      if (recompute_hidden) hidden_forward();
       dhid.ensure(Shape{rows, hdim});
       d1.ensure(Shape{rows, hdim});
       d3.ensure(Shape{rows, hdim});
       w2.backward(hid.data(), dy, dhid.data(), rows, false);
+      if (drop.hidden.active())
+        layers::dropout_rows<B>(drop.hidden, drop.token_offset, drop.tokens, drop.element_offset, dhid.data(),
+                                dhid.data(), rows, hdim);
       T *pd1 = d1.data(), *pd3 = d3.data();
       B::swiglu_backward(dhid.data(), a1.data(), a3.data(), pd1, pd3, rows, hdim);
       w1.backward(x, pd1, dx, rows, accumulate_dx);
       w3.backward(x, pd3, dx, rows, true);
+      if (recompute_hidden) release();
     }
 
     static std::int64_t weights(const ExpertShape& s) { return 3 * s.d_model * s.hidden; }

@@ -13,6 +13,12 @@
 // relative distances are counted in routed tokens, not in positions of the full sequence.
 // Each group's result depends on that group's rows alone (bitwise).
 //
+// Dropout (training, set by the MoE layer through set_dropout; layers/dropout.hpp): the
+// inner FFN of layer l drops hidden units as a routed expert does, its elements offset by
+// l · hidden; the attention drops probabilities (model.attn_dropout) keyed by the routed
+// row's global token, element attn_element_offset + (l · heads + hi) · stride + j, j the key's
+// index within the segment.
+//
 // Parameters under `name`: layers.{l}.attn_norm.weight, layers.{l}.attn.qkv.weight (3C, C),
 // layers.{l}.attn.out.weight (C, C), layers.{l}.ffn_norm.weight, layers.{l}.ffn.* (whatever
 // Inner declares). No attention biases.
@@ -26,6 +32,7 @@
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/error.hpp"
 #include "tmoe/core/registry.hpp"
+#include "tmoe/layers/dropout.hpp"
 #include "tmoe/layers/linear.hpp"
 #include "tmoe/layers/norm.hpp"
 #include "tmoe/tensor/tensor.hpp"
@@ -62,7 +69,8 @@ struct TransformerExpert {
     };
 
     std::string name_;
-    std::int64_t c = 0, heads = 0, hd = 0;
+    std::int64_t c = 0, heads = 0, hd = 0, hidden = 0;
+    ExpertDropout drop;                  // for the next forward and its backward
     double rope_base = 10000.0;
     std::vector<Layer> layers_;
     std::vector<std::int64_t> next_;     // offsets from set_segments, waiting for forward
@@ -87,6 +95,7 @@ struct TransformerExpert {
       c = s.d_model;
       heads = s.heads;
       hd = c / heads;
+      hidden = s.hidden;
       rope_base = s.rope_base;
       layers_.clear();
       layers_.resize(static_cast<std::size_t>(s.depth));
@@ -110,6 +119,22 @@ struct TransformerExpert {
         L.ffn_norm.bind(r, p, g);
         L.ffn.bind(r, p, g);
       }
+    }
+
+    void set_dropout(const ExpertDropout& d) { drop = d; }
+    void release() {
+      for (Layer& L : layers_) {
+        for (auto* t : {&L.h1, &L.qkvb, &L.att, &L.ya, &L.mid, &L.h2, &L.yout}) t->release();
+        L.attn_norm.release();
+        L.ffn_norm.release();
+        L.ffn.release();
+      }
+      for (auto* t : {&dh2, &dmid, &dya, &dqkv, &dh1, &dnext[0], &dnext[1], &dsink}) t->release();
+    }
+    // Activation floats per routed row, without the per-segment attention probabilities
+    // (heads · len² per routed sequence, which depend on the routing).
+    static std::int64_t floats_per_row(const ExpertShape& s) {
+      return s.depth * (8 * s.d_model + Inner::template impl<T, B>::floats_per_row(s)) + 8 * s.d_model;
     }
 
     // Rows [offsets[s], offsets[s+1]) are the routed tokens of one sequence, in position
@@ -150,6 +175,9 @@ struct TransformerExpert {
       const T* in = x;
       for (std::size_t l = 0; l < layers_.size(); ++l) {
         Layer& L = layers_[l];
+        ExpertDropout inner = drop;
+        inner.element_offset = drop.element_offset + static_cast<std::uint64_t>(l) * static_cast<std::uint64_t>(hidden);
+        if constexpr (requires { L.ffn.set_dropout(inner); }) L.ffn.set_dropout(inner);
         T* out = y;
         if (l + 1 < layers_.size()) {  // an inner layer's output is the next one's saved input
           L.yout.ensure(Shape{rows, c});
@@ -186,6 +214,26 @@ struct TransformerExpert {
     }
 
    private:
+    // Attention options of segment s (rows from r0) in inner layer l.
+    AttentionOptions attn_options(std::size_t l, std::int64_t r0) const {
+      AttentionOptions o;
+      if (drop.attn_rate > 0) {
+        o.dropout = drop.attn_rate;
+        o.seed = drop.seed;
+        o.step = drop.step;
+        o.site = drop.attn_site;
+        o.token_offset = drop.token_offset;
+        o.tokens = drop.tokens ? drop.tokens + r0 : nullptr;
+        if (!drop.tokens) o.token_offset += r0;
+        o.head_stride = drop.attn_head_stride;
+        o.element_offset = drop.attn_element_offset +
+                           static_cast<std::uint64_t>(l) * static_cast<std::uint64_t>(heads * drop.attn_head_stride);
+      }
+      return o;
+    }
+
+    std::size_t layer_index(const Layer& L) const { return static_cast<std::size_t>(&L - layers_.data()); }
+
     void layer_forward(Layer& L, const T* in, T* out) {
       const std::int64_t rows = n;
       for (auto* t : {&L.h1, &L.ya, &L.mid, &L.h2}) t->ensure(Shape{rows, c});
@@ -200,7 +248,8 @@ struct TransformerExpert {
         if (len == 0) continue;
         T* q = L.qkvb.data() + r0 * 3 * c;
         B::rope_apply(q, cos_t.data(), sin_t.data(), 1, len, c, heads, T(1));
-        B::attention_forward(q, L.att.data() + att_off_[s], L.ya.data() + r0 * c, 1, len, c, heads);
+        B::attention_forward(q, L.att.data() + att_off_[s], L.ya.data() + r0 * c, 1, len, c, heads,
+                             attn_options(layer_index(L), r0));
       }
       L.out.forward(L.ya.data(), L.mid.data(), rows);
       add_into(L.mid.data(), in, rows);  // h = x + attn
@@ -222,7 +271,7 @@ struct TransformerExpert {
         if (len == 0) continue;
         T* dq = dqkv.data() + r0 * 3 * c;
         B::attention_backward(dya.data() + r0 * c, L.qkvb.data() + r0 * 3 * c, L.att.data() + att_off_[s], dq, 1,
-                              len, c, heads);
+                              len, c, heads, attn_options(layer_index(L), r0));
         // A rotation's transpose is its inverse.
         B::rope_apply(dq, cos_t.data(), sin_t.data(), 1, len, c, heads, T(-1));
       }
