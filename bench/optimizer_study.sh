@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Optimizer study on the example corpus (fortunes): AdamW, Lion and the seed's sign-momentum
 # rule, each over a small learning-rate sweep (Lion and sign_momentum 3-10x lower than
-# AdamW), 3 seeds each, the same steps; prints the validation loss table (mean ± std over
+# AdamW; four rates each), 3 seeds each, the same steps; prints the validation loss table (mean ± std over
 # seeds) and the best learning rate of each rule.
 #   bench/optimizer_study.sh [build dir] [steps]     (needs train_moe_lm and tmoe-prep built)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$root/build}
-steps=${2:-300}
+steps=${2:-600}
 jobs=$(nproc)
 out=$(mktemp -d)
 shards=$out/shards
@@ -17,7 +17,7 @@ model="model.d_model=96 model.n_layers=2 model.n_heads=4 model.n_experts=8 model
        model.context=64 train.seq_len=64 train.batch_size=16 train.eval_interval=$steps train.eval_batches=8
        train.log_interval=$steps train.sample_tokens=0 train.threads=1 checkpoint.dir= data.shards=$shards"
 runs=()
-for opt in "adamw 1e-3 3e-3 1e-2" "lion 1e-4 3e-4 1e-3" "sign_momentum 1e-4 3e-4 1e-3"; do
+for opt in "adamw 3e-4 1e-3 3e-3 1e-2" "lion 3e-5 1e-4 3e-4 1e-3" "sign_momentum 1e-4 3e-4 1e-3 3e-3"; do
   set -- $opt
   name=$1; shift
   for lr in "$@"; do

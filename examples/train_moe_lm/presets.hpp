@@ -110,7 +110,7 @@ inline std::span<const Preset> presets() {
          m.expert_dropout = "0.05,0.1";
          c.train.precision = "fp16";
          c.train.optimizer = "sign_momentum";
-         c.train.lr = 1e-3;
+         c.train.lr = 1e-2;  // the optimizer study's best for sign_momentum (docs/benchmarks.md)
          c.train.clamp_weights = true;
          c.train.expert_group = true;
          c.train.expert_clamp_weights = true;

@@ -12,23 +12,9 @@
 
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
-#include "tmoe/core/threading.hpp"
+#include "tmoe/optim/elementwise.hpp"
 
 namespace tmoe {
-
-namespace detail {
-// a·b + c rounded once where the target has fused multiply-add, as PyTorch's vectorised CPU
-// kernels compute add(x, y, alpha=a) and addcmul; a·b + c rounded twice otherwise. The
-// optimizers that follow a torch.optim rule use it to reproduce its roundings.
-template <class T>
-inline T fmadd(T a, T b, T c) {
-#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
-}  // namespace detail
 
 struct AdamW {
   static constexpr const char* name = "adamw";
@@ -55,9 +41,7 @@ struct AdamW {
     const T b2 = static_cast<T>(beta2), c2 = static_cast<T>(1.0 - beta2);
     const T e = static_cast<T>(eps), ss = static_cast<T>(step_size), bc2s = static_cast<T>(bc2_sqrt);
     const T dk = static_cast<T>(decay);
-    constexpr std::int64_t kChunk = 4096;
-    parallel_for((n + kChunk - 1) / kChunk, [&](std::int64_t blk) {
-      const std::int64_t i0 = blk * kChunk, i1 = std::min(n, i0 + kChunk);
+    detail::for_chunks(n, [&](std::int64_t i0, std::int64_t i1) {
       T* __restrict pp = p;
       const T* __restrict gg = g;
       T* __restrict mm = m;

@@ -11,7 +11,7 @@
 
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
-#include "tmoe/core/threading.hpp"
+#include "tmoe/optim/elementwise.hpp"
 
 namespace tmoe {
 
@@ -41,10 +41,7 @@ struct Lion {
     const T b1 = static_cast<T>(beta1), c1 = static_cast<T>(1.0 - beta1);
     const T b2 = static_cast<T>(beta2), c2 = static_cast<T>(1.0 - beta2);
     const T rate = static_cast<T>(lr), dk = static_cast<T>(1.0 - lr * wd);
-    // Fixed chunks, so the result does not depend on the thread count.
-    constexpr std::int64_t kChunk = 4096;
-    parallel_for((n + kChunk - 1) / kChunk, [&](std::int64_t blk) {
-      const std::int64_t i0 = blk * kChunk, i1 = std::min(n, i0 + kChunk);
+    detail::for_chunks(n, [&](std::int64_t i0, std::int64_t i1) {
       T* __restrict pp = p;
       const T* __restrict gg = g;
       T* __restrict mm = m;

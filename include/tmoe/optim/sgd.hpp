@@ -13,8 +13,7 @@
 
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
-#include "tmoe/core/threading.hpp"
-#include "tmoe/optim/adamw.hpp"  // detail::fmadd
+#include "tmoe/optim/elementwise.hpp"
 
 namespace tmoe {
 
@@ -37,10 +36,7 @@ struct Sgd {
     const T mu = static_cast<T>(momentum), keep = static_cast<T>(1.0 - dampening);
     const bool heavy = momentum > 0, first = step == 1, nest = nesterov;
     T* buf = heavy ? state[0] : nullptr;
-    // Fixed chunks, so the result does not depend on the thread count.
-    constexpr std::int64_t kChunk = 4096;
-    parallel_for((n + kChunk - 1) / kChunk, [&](std::int64_t blk) {
-      const std::int64_t i0 = blk * kChunk, i1 = std::min(n, i0 + kChunk);
+    detail::for_chunks(n, [&](std::int64_t i0, std::int64_t i1) {
       T* __restrict pp = p;
       const T* __restrict gg = g;
       T* __restrict bb = buf;

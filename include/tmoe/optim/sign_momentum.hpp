@@ -15,7 +15,7 @@
 
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
-#include "tmoe/core/threading.hpp"
+#include "tmoe/optim/elementwise.hpp"
 
 namespace tmoe {
 
@@ -47,10 +47,7 @@ struct SignMomentum {
     const T bv = static_cast<T>(beta2_sq), cv = static_cast<T>(1.0 - beta2_sq);
     const T bc = static_cast<T>(bc2), e = static_cast<T>(eps), tau = static_cast<T>(threshold);
     const T rate = static_cast<T>(lr), dk = static_cast<T>(1.0 - lr * wd);
-    // Fixed chunks, so the result does not depend on the thread count.
-    constexpr std::int64_t kChunk = 4096;
-    parallel_for((n + kChunk - 1) / kChunk, [&](std::int64_t blk) {
-      const std::int64_t i0 = blk * kChunk, i1 = std::min(n, i0 + kChunk);
+    detail::for_chunks(n, [&](std::int64_t i0, std::int64_t i1) {
       T* __restrict pp = p;
       const T* __restrict gg = g;
       T* __restrict mm = m;

@@ -9,7 +9,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 
@@ -62,6 +64,55 @@ namespace detail {
 struct AlignedFree {
   void operator()(void* p) const { ::operator delete(p, std::align_val_t{64}); }
 };
+
+// Buffers given back by Tensor::release() (activation recomputation frees and refills the
+// same shapes every step). Reusing them avoids returning the memory to the system and
+// faulting fresh pages in again on the next allocation, which made full recomputation
+// 5.7x slower than none instead of ~1.3x (docs/benchmarks.md). A request takes the smallest
+// cached block of at least its size and at most twice it. The cache holds only what was
+// released; blocks whose sizes do not match later requests (routed experts' slices vary
+// with the routing) make full recomputation's peak ~1.2x its prediction
+// (tests/unit/test_memory_report.cpp).
+class BufferPool {
+ public:
+  static BufferPool& instance() {
+    static BufferPool pool;
+    return pool;
+  }
+  // A cached block for `bytes`, or null; *got = its size.
+  void* take(std::size_t bytes, std::size_t* got) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = free_.lower_bound(bytes);
+    if (it == free_.end() || it->first > 2 * bytes) return nullptr;
+    void* p = it->second;
+    *got = it->first;
+    cached_ -= it->first;
+    free_.erase(it);
+    return p;
+  }
+  void give(void* p, std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.emplace(bytes, p);
+    cached_ += bytes;
+  }
+  std::size_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cached_;
+  }
+  // Returns every cached block to the system.
+  void trim() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [bytes, p] : free_) AlignedFree{}(p);
+    free_.clear();
+    cached_ = 0;
+  }
+  ~BufferPool() { trim(); }
+
+ private:
+  std::mutex mutex_;
+  std::multimap<std::size_t, void*> free_;
+  std::size_t cached_ = 0;
+};
 }  // namespace detail
 
 // An owning host buffer. resize() zeroes it (reallocating only when it grows); ensure()
@@ -76,10 +127,7 @@ class Tensor {
   void resize(Shape s) {
     shape_ = s;
     const std::int64_t n = s.numel();
-    if (n > capacity_) {
-      data_.reset(static_cast<T*>(::operator new(sizeof(T) * static_cast<std::size_t>(n), std::align_val_t{64})));
-      capacity_ = n;
-    }
+    if (n > capacity_) allocate(n);
     zero();
   }
   // Sets the shape for a scratch buffer that is fully overwritten: contents are not kept
@@ -87,16 +135,13 @@ class Tensor {
   // to step (an expert's token slice) stop reallocating after a few steps.
   void ensure(Shape s) {
     const std::int64_t n = s.numel();
-    if (n > capacity_) {
-      const std::int64_t cap = std::max(n, capacity_ + capacity_ / 2);
-      data_.reset(static_cast<T*>(::operator new(sizeof(T) * static_cast<std::size_t>(cap), std::align_val_t{64})));
-      capacity_ = cap;
-    }
+    if (n > capacity_) allocate(std::max(n, capacity_ + capacity_ / 2));
     shape_ = s;
   }
-  // Frees the memory (activation recomputation drops saved activations between uses).
+  // Gives the memory to detail::BufferPool, where the next allocation of a similar size
+  // finds it (activation recomputation drops saved activations between uses).
   void release() {
-    data_.reset();
+    if (capacity_ > 0) detail::BufferPool::instance().give(data_.release(), bytes_of(capacity_));
     capacity_ = 0;
     shape_ = Shape{0};
   }
@@ -114,6 +159,19 @@ class Tensor {
   View<T, Space> view() { return {data_.get(), shape_}; }
 
  private:
+  static std::size_t bytes_of(std::int64_t n) { return sizeof(T) * static_cast<std::size_t>(n); }
+  // At least n elements: a released block from the pool if one fits, else new memory.
+  void allocate(std::int64_t n) {
+    std::size_t got = 0;
+    if (void* p = detail::BufferPool::instance().take(bytes_of(n), &got)) {
+      data_.reset(static_cast<T*>(p));
+      capacity_ = static_cast<std::int64_t>(got / sizeof(T));
+      return;
+    }
+    data_.reset(static_cast<T*>(::operator new(bytes_of(n), std::align_val_t{64})));
+    capacity_ = n;
+  }
+
   std::unique_ptr<T, detail::AlignedFree> data_;
   std::int64_t capacity_ = 0;
   Shape shape_{0};
