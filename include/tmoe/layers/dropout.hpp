@@ -72,30 +72,29 @@ struct DropoutMask {
     return block(static_cast<std::uint32_t>(token), element >> 2)[element & 3] >= threshold;
   }
 
-  // y[i] = x[i] · scale if element e0 + i of `token` is kept, else 0, for i < count; one
-  // Philox call per four elements; x == y allowed.
-  template <class T>
-  TMOE_HOST_DEVICE void apply(std::uint64_t token, std::uint64_t e0, std::int64_t count, const T* x, T* y) const {
-    const T s = static_cast<T>(scale);
+  // fn(i, kept) for i < count: whether element e0 + i of `token` is kept, one Philox call
+  // per four elements.
+  template <class F>
+  TMOE_HOST_DEVICE void for_each(std::uint64_t token, std::uint64_t e0, std::int64_t count, F&& fn) const {
     const auto tok = static_cast<std::uint32_t>(token);
     std::int64_t i = 0;
     while (i < count) {
       const std::uint64_t e = e0 + static_cast<std::uint64_t>(i);
       const Philox4x32::Block w = block(tok, e >> 2);
-      for (std::uint64_t word = e & 3; word < 4 && i < count; ++word, ++i) y[i] = w[word] >= threshold ? x[i] * s : T(0);
+      for (std::uint64_t word = e & 3; word < 4 && i < count; ++word, ++i) fn(i, w[word] >= threshold);
     }
+  }
+  // y[i] = x[i] · scale if element e0 + i of `token` is kept, else 0, for i < count; x == y allowed.
+  template <class T>
+  TMOE_HOST_DEVICE void apply(std::uint64_t token, std::uint64_t e0, std::int64_t count, const T* x, T* y) const {
+    const T s = static_cast<T>(scale);
+    for_each(token, e0, count, [&](std::int64_t i, bool kept) { y[i] = kept ? x[i] * s : T(0); });
   }
   // f[i] = scale or 0: the factors apply() multiplies by.
   template <class T>
   TMOE_HOST_DEVICE void factors(std::uint64_t token, std::uint64_t e0, std::int64_t count, T* f) const {
     const T s = static_cast<T>(scale);
-    const auto tok = static_cast<std::uint32_t>(token);
-    std::int64_t i = 0;
-    while (i < count) {
-      const std::uint64_t e = e0 + static_cast<std::uint64_t>(i);
-      const Philox4x32::Block w = block(tok, e >> 2);
-      for (std::uint64_t word = e & 3; word < 4 && i < count; ++word, ++i) f[i] = w[word] >= threshold ? s : T(0);
-    }
+    for_each(token, e0, count, [&](std::int64_t i, bool kept) { f[i] = kept ? s : T(0); });
   }
 };
 
