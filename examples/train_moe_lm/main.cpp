@@ -15,6 +15,7 @@
 #include "presets.hpp"
 #include "tmoe/core/error.hpp"
 #include "tmoe/io/yaml_config.hpp"
+#include "tmoe/parallel/comm/mpi.hpp"
 
 using namespace tmoe;
 using namespace train_moe_lm;
@@ -87,14 +88,8 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
+// Under mpirun every rank runs this; an error on any rank is printed with its rank and ends
+// the whole job (comm::mpi_main), so no rank waits for a peer that has stopped.
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const Error& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "tmoe: unexpected error: %s\n", e.what());
-    return 3;
-  }
+  return comm::mpi_main(argc, argv, [&] { return run(argc, argv); });
 }

@@ -20,6 +20,7 @@
 #include "tmoe/io/checkpoint.hpp"
 #include "tmoe/io/safetensors.hpp"
 #include "tmoe/io/yaml_config.hpp"
+#include "tmoe/parallel/comm/mpi.hpp"
 #include "tmoe/tmoe.hpp"
 #include "tmoe/train/run.hpp"
 
@@ -126,8 +127,19 @@ inline void write_metrics(std::ostream& out, const StepStats& st, const FitProgr
 template <class Model, class Precision = Fp32>
 int train_main(const Options& opt) {
   // The optimizer is a run-time choice (train.optimizer) among the standard rules.
-  using Train = Trainer<Model, StandardOptimizers, Precision, Serial, backend::Cpu>;
+  // One program for one process and for `mpirun -np N`: the grid comes from the config's
+  // parallel section (one process is a grid of one).
+  using Parallel = DataParallel<comm::Mpi>;
+  using Train = Trainer<Model, StandardOptimizers, Precision, Parallel, backend::Cpu>;
   const Config& cfg = opt.cfg;
+  comm::Mpi world;
+  Parallel parallel(world, cfg);  // checks the grid against the world and the model
+  const bool root = world.rank() == 0;
+  // The first rank speaks for the job; the others print only their errors (stderr).
+  if (!root && !std::freopen("/dev/null", "w", stdout))
+    throw Error("cannot silence stdout", "rank output", "a writable /dev/null");
+  if (!opt.select_spec.empty() && world.size() > 1)
+    throw Error(detail::cat("--select under ", world.size(), " ranks"), "command line", "--select in one process");
   const std::string& select_spec = opt.select_spec;
   data::ActiveLearningConfig select = opt.select;
   const auto& tc = cfg.train;
@@ -162,7 +174,7 @@ int train_main(const Options& opt) {
   std::printf("unigram entropy of the training tokens: %.4f nats/token (target val loss <= 0.65 x = %.4f)\n", entropy,
               0.65 * entropy);
 
-  Train trainer(cfg);
+  Train trainer(cfg, std::move(parallel));
   auto& model = trainer.model();
   using Ffn = typename Model::block_policy::ffn_policy;
   std::int64_t moe_layers = 0;
@@ -174,9 +186,13 @@ int train_main(const Options& opt) {
               static_cast<long long>(moe_layers), static_cast<long long>(cfg.model.n_layers),
               static_cast<long long>(cfg.model.n_shared_experts), static_cast<long long>(model.registry().count()),
               static_cast<double>(model.registry().count()) / 1e6, threads());
+  std::printf("grid: %d ranks = %s; %s reduction%s, gradient buckets of %.3g MiB\n", world.size(),
+              trainer.parallel().grid().describe().c_str(), cfg.parallel.reduction.c_str(),
+              trainer.parallel().sharded() ? ", ZeRO-1 (optimizer state and master weights sharded)" : "",
+              cfg.parallel.bucket_mb);
   const MemoryReport mem = trainer.memory_report();
   auto mib = [](std::int64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };
-  std::printf("precision %s (%s storage), optimizer %s, schedule %s, recompute %s; memory: weights %.1f MiB, master "
+  std::printf("precision %s (%s storage), optimizer %s, schedule %s, recompute %s; memory per rank: weights %.1f MiB, master "
               "%.1f MiB, gradients %.1f MiB, optimizer state %.1f MiB, activations (peak, predicted) %.1f MiB\n",
               Precision::name, storage_bytes<Precision>() == 2 ? "16-bit" : "full-width", trainer.optimizer_name().c_str(),
               tc.schedule.c_str(), cfg.model.recompute.c_str(), mib(mem.params), mib(mem.master), mib(mem.grads),
@@ -244,7 +260,7 @@ int train_main(const Options& opt) {
   }
 
   std::ofstream metrics;
-  if (!tc.metrics_file.empty()) {
+  if (!tc.metrics_file.empty() && root) {
     // A resumed run continues the same metrics file.
     metrics.open(tc.metrics_file, resumed ? std::ios::app : std::ios::trunc);
     if (!metrics) throw Error("cannot open the metrics file for writing", tc.metrics_file, "a writable path");
@@ -282,7 +298,9 @@ int train_main(const Options& opt) {
   std::printf("final validation loss %.4f nats/token = %.3f x unigram entropy %.4f (%s 0.65)\n", val, val / entropy,
               entropy, val / entropy <= 0.65 ? "<=" : ">");
   if (!tc.save_weights.empty()) {
-    io::save_params(tc.save_weights, model.registry(), trainer.master_params(), {{"format", "tmoe"}});
+    const auto state = trainer.restartable_state();  // whole weights (gathered under ZeRO-1)
+    if (root) io::save_params(tc.save_weights, model.registry(), state[0].data, {{"format", "tmoe"}});
+    trainer.release_staging();
     std::printf("weights written to %s\n", tc.save_weights.c_str());
   }
   const std::string prompt_text = "The ";

@@ -5,7 +5,10 @@
 #include <concepts>
 #include <cstdint>
 #include <string_view>
+#include <span>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "tmoe/core/config.hpp"
 #include "tmoe/core/registry.hpp"
@@ -139,12 +142,21 @@ concept BlockPolicy = Named<Blk> && requires {
 // A parallel strategy: the process layout, gradient reduction and the reductions of
 // metrics. `Serial` is one process.
 template <class S>
-concept ParallelStrategy = Named<S> && requires(S& s, float* gf, double* gd, double v) {
+concept ParallelStrategy = Named<S> && requires(S& s, float* gf, double* gd, double v, std::int64_t n) {
   { s.rank() } -> std::convertible_to<int>;
   { s.size() } -> std::convertible_to<int>;
-  s.reduce_gradients(gf, std::int64_t{});
-  s.reduce_gradients(gd, std::int64_t{});
+  { s.sharded() } -> std::convertible_to<bool>;
+  { s.shard(n) } -> std::convertible_to<std::pair<std::int64_t, std::int64_t>>;
+  s.reduce_gradients(gf, n);
+  s.reduce_gradients(gd, n);
+  s.gather_shards(gf, n);
+  s.gather_shards(gd, n);
   { s.sum(v) } -> std::convertible_to<double>;
+  s.sum(gd, n);
+  s.barrier();
+  { s.agree(true) } -> std::convertible_to<bool>;
+  { s.is_root() } -> std::convertible_to<bool>;
+  { s.gather(std::span<const double>{}) } -> std::convertible_to<std::vector<double>>;
 };
 
 }  // namespace tmoe

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 #include <cstdlib>
 #include <algorithm>
@@ -458,16 +459,52 @@ struct CheckpointConfig {
   }
 };
 
+// The process grid and the distributed options (docs/parallel.md). The sizes multiply to
+// the number of ranks; data = 0 takes what the others leave. A checkpoint does not depend
+// on them: a run may resume on another grid.
+struct ParallelConfig {
+  std::int64_t data = 0;           // data-parallel ranks; 0 = world / (expert x tensor x pipeline)
+  std::int64_t expert = 1;         // expert-parallel ranks (the experts of a layer are split over them)
+  std::int64_t tensor = 1;         // tensor-parallel ranks
+  std::int64_t pipeline = 1;       // pipeline stages
+  std::string reduction = "fixed"; // fixed: bitwise, tree order; native: the MPI library's sum
+  double bucket_mb = 4;            // gradient bucket size (MiB): each is reduced as soon as backward finishes it
+  bool zero = false;               // ZeRO-1: optimizer state and master weights sharded over data-parallel ranks
+
+  static constexpr auto fields() {
+    using C = ParallelConfig;
+    return std::make_tuple(
+        field("data", &C::data, "data-parallel ranks; 0 = world size / (expert x tensor x pipeline)"),
+        field("expert", &C::expert, "expert-parallel ranks (must divide model.n_experts)"),
+        field("tensor", &C::tensor, "tensor-parallel ranks (must divide heads and FFN widths)"),
+        field("pipeline", &C::pipeline, "pipeline stages (must divide model.n_layers)"),
+        field("reduction", &C::reduction, "fixed (bitwise equal to one process) | native (MPI's own sum)"),
+        field("bucket_mb", &C::bucket_mb, "gradient bucket size in MiB (reduced while backward runs)"),
+        field("zero", &C::zero, "ZeRO-1: shard optimizer state and master weights over data-parallel ranks"));
+  }
+  void validate() const {
+    if (data < 0) throw Error(detail::cat("data is ", data), "parallel.data", "0 (the rest of the world) or a positive rank count");
+    for (auto [v, n] : {std::pair{expert, "parallel.expert"}, {tensor, "parallel.tensor"}, {pipeline, "parallel.pipeline"}})
+      if (v < 1) throw Error(detail::cat("size is ", v), n, "a positive rank count");
+    if (reduction != "fixed" && reduction != "native")
+      throw Error("reduction is '" + reduction + "'", "parallel.reduction", "fixed or native");
+    if (!(bucket_mb > 0) || !std::isfinite(bucket_mb))
+      throw Error(detail::cat("bucket_mb is ", bucket_mb), "parallel.bucket_mb", "a positive size in MiB");
+  }
+};
+
 struct Config {
   ModelConfig model;
   TrainConfig train;
   DataConfig data;
   CheckpointConfig checkpoint;
+  ParallelConfig parallel;
   void validate() const {
     model.validate();
     train.validate(model);
     data.validate();
     checkpoint.validate();
+    parallel.validate();
   }
 };
 

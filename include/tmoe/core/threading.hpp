@@ -11,6 +11,7 @@
 // when one core was busy. Items are claimed dynamically, so a descheduled worker delays
 // a loop by at most the item it holds.
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <cstdint>
 #include <mutex>
@@ -155,11 +156,18 @@ class ThreadPool {
 
 }  // namespace detail
 
-// Number of worker threads used by tmoe's parallel loops (0 = hardware concurrency).
+// Number of worker threads used by tmoe's parallel loops (0 = OMP_NUM_THREADS when set —
+// the usual way to give each MPI rank its share of the cores — else all hardware threads).
 inline void set_threads(int n) { thread_count_ref() = n; }
 inline int threads() {
   const int n = thread_count_ref();
-  return n > 0 ? n : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (n > 0) return n;
+  static const int from_env = [] {
+    const char* e = std::getenv("OMP_NUM_THREADS");
+    const int v = e ? std::atoi(e) : 0;
+    return v > 0 ? v : 0;
+  }();
+  return from_env > 0 ? from_env : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
 // fn(i) for i in [0, n); items must be independent.

@@ -66,6 +66,7 @@ void for_each_section(Cfg& cfg, F&& f) {
   f("train", cfg.train);
   f("data", cfg.data);
   f("checkpoint", cfg.checkpoint);
+  f("parallel", cfg.parallel);
 }
 
 // Calls f(field) for every Field of section type S, in declaration order.

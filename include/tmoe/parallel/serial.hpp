@@ -1,9 +1,13 @@
 #pragma once
-// The one-process parallel strategy: no communication. Later strategies (data, expert,
-// tensor, pipeline parallel over a Comm) take its place in the Trainer.
+// The one-process parallel strategy: no communication. It offers every call the Trainer
+// makes of a strategy (see DataParallel for their meaning), each trivially.
 #include <cstdint>
+#include <span>
+#include <utility>
+#include <vector>
 
 #include "tmoe/core/concepts.hpp"
+#include "tmoe/parallel/data_parallel.hpp"
 
 namespace tmoe {
 
@@ -11,9 +15,22 @@ struct Serial {
   static constexpr const char* name = "serial";
   int rank() const { return 0; }
   int size() const { return 1; }
+  bool sharded() const { return false; }
+  bool is_root() const { return true; }
+  std::pair<std::int64_t, std::int64_t> shard(std::int64_t n) const { return {0, n}; }
+  std::vector<std::int64_t> shard_bounds(std::int64_t n) const { return {0, n}; }
   template <class T>
   void reduce_gradients(T*, std::int64_t) {}
+  template <class T>
+  void gather_shards(T*, std::int64_t) {}
   double sum(double v) const { return v; }
+  void sum(double*, std::int64_t) const {}
+  std::vector<double> gather(std::span<const double> v) const { return {v.begin(), v.end()}; }
+  std::vector<double> gatherv(std::span<const double> v) const { return {v.begin(), v.end()}; }
+  void barrier() const {}
+  bool agree(bool ok) const { return ok; }
+  CommCounters& counters() { return counters_; }
+  CommCounters counters_;
 };
 static_assert(ParallelStrategy<Serial>);
 

@@ -94,32 +94,50 @@ std::string save_checkpoint(io::CheckpointDir& dir, Tr& trainer, const nlohmann:
   const auto& reg = model.registry();
   const Config& cfg = trainer.config();
   const std::string dtype = std::is_same_v<M, float> ? "F32" : "F64";
-  return dir.save(trainer.step(), [&](const std::string& folder) {
-    const std::map<std::string, std::string> meta = {{"format", "tmoe"}, {"step", std::to_string(trainer.step())}};
-    io::save_params(folder + "/model.safetensors", reg, trainer.master_params(), meta);
-    std::vector<io::TensorRef> refs;
-    for (int s = 0; s < trainer.optimizer_slots(); ++s)
-      for (const ParamInfo& p : reg.params())
-        refs.push_back({trainer.optimizer_slot_name(s) + "." + p.name, dtype,
-                        std::vector<std::int64_t>(p.shape.dims.begin(), p.shape.dims.begin() + p.shape.rank),
-                        trainer.optimizer_state(s) + p.offset});
-    io::write_safetensors(folder + "/optimizer.safetensors", refs, meta);
-    nlohmann::json st;
-    st["step"] = trainer.step();
-    st["seed"] = cfg.train.seed;
-    st["rng"] = "philox4x32-10 keyed by (seed, step, site, index): seed and step are the whole state";
-    st["data"] = data_state;
-    st["loss_scale"] = trainer.loss_scaler().scale;
-    st["loss_scale_good_steps"] = trainer.loss_scaler().good_steps;
-    st["dtype"] = dtype;
-    st["precision"] = Tr::precision_name();
-    st["optimizer"] = trainer.optimizer_name();
-    st["parameters"] = reg.count();
-    st["config_yaml"] = io::to_yaml(cfg);
-    st["model_config_xxh64"] = xxh64(detail::field_lines(cfg.model));
-    st["tmoe_version"] = kVersion;
-    io::write_file_atomic(folder + "/state.json", st.dump(2) + "\n");
-  });
+  // Every rank takes part (the ZeRO-1 shards are gathered); the first rank of the job
+  // writes, and every rank learns whether it succeeded, so none goes on alone.
+  const auto views = trainer.restartable_state();
+  auto& par = trainer.parallel();
+  std::string folder, failure;
+  if (par.is_root()) {
+    try {
+      folder = dir.save(trainer.step(), [&](const std::string& tmp) {
+        const std::map<std::string, std::string> meta = {{"format", "tmoe"}, {"step", std::to_string(trainer.step())}};
+        io::save_params(tmp + "/model.safetensors", reg, views[0].data, meta);
+        std::vector<io::TensorRef> refs;
+        for (int s = 0; s < trainer.optimizer_slots(); ++s)
+          for (const ParamInfo& p : reg.params())
+            refs.push_back({trainer.optimizer_slot_name(s) + "." + p.name, dtype,
+                            std::vector<std::int64_t>(p.shape.dims.begin(), p.shape.dims.begin() + p.shape.rank),
+                            views[static_cast<std::size_t>(1 + s)].data + p.offset});
+        io::write_safetensors(tmp + "/optimizer.safetensors", refs, meta);
+        nlohmann::json st;
+        st["step"] = trainer.step();
+        st["seed"] = cfg.train.seed;
+        st["rng"] = "philox4x32-10 keyed by (seed, step, site, index): seed and step are the whole state";
+        st["data"] = data_state;
+        st["loss_scale"] = trainer.loss_scaler().scale;
+        st["loss_scale_good_steps"] = trainer.loss_scaler().good_steps;
+        st["dtype"] = dtype;
+        st["precision"] = Tr::precision_name();
+        st["optimizer"] = trainer.optimizer_name();
+        st["parameters"] = reg.count();
+        st["grid"] = par.size() > 1 ? nlohmann::json(detail::cat(par.size(), " replicas")) : nlohmann::json("1 process");
+        st["config_yaml"] = io::to_yaml(cfg);
+        st["model_config_xxh64"] = xxh64(detail::field_lines(cfg.model));
+        st["tmoe_version"] = kVersion;
+        io::write_file_atomic(tmp + "/state.json", st.dump(2) + "\n");
+      });
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  }
+  trainer.release_staging();
+  const bool ok = par.agree(failure.empty());
+  if (!failure.empty()) throw Error(failure, "save_checkpoint (rank 0 writes)", "a writable checkpoint.dir");
+  if (!ok)
+    throw Error("the first rank could not write the checkpoint (see its message)", dir.root(), "a writable checkpoint.dir");
+  return folder.empty() ? dir.root() + "/" + io::step_folder_name(trainer.step()) : folder;
 }
 
 // Loads the newest valid checkpoint of `dir` into trainer (params, optimizer state, step).
@@ -217,11 +235,13 @@ std::optional<ResumeInfo> resume_checkpoint(const io::CheckpointDir& dir, Tr& tr
     throw Error(cat("state.json has loss_scale ", scale, " and loss_scale_good_steps ", good), state_path,
                 "a positive finite loss scale and a step count >= 0");
 
-  for (const ParamInfo& p : reg.params()) model_file.read_into(p.name, trainer.master_params() + p.offset);
+  // Every rank reads the whole (layout-free) state and keeps what its layout needs.
+  const auto views = trainer.restartable_state(/*current=*/false);
+  for (const ParamInfo& p : reg.params()) model_file.read_into(p.name, views[0].data + p.offset);
   for (int s = 0; s < trainer.optimizer_slots(); ++s)
     for (const ParamInfo& p : reg.params())
-      opt_file.read_into(trainer.optimizer_slot_name(s) + "." + p.name, trainer.optimizer_state(s) + p.offset);
-  trainer.publish();
+      opt_file.read_into(trainer.optimizer_slot_name(s) + "." + p.name, views[static_cast<std::size_t>(1 + s)].data + p.offset);
+  trainer.adopt_state();
   if (trainer.loss_scaler().enabled) {
     trainer.loss_scaler().scale = scale;
     trainer.loss_scaler().good_steps = good;

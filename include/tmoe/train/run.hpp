@@ -120,8 +120,11 @@ class Run {
       tokens += st.tokens;
       const bool last = s + 1 == tc.steps;
       const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-      const bool out_of_time = tc.time_limit_s > 0 && elapsed > tc.time_limit_s;
-      const bool stopping = stop && stop->requested();
+      // Every rank must stop (and checkpoint) at the same step: the flags are summed over ranks.
+      double flags[2] = {tc.time_limit_s > 0 && elapsed > tc.time_limit_s ? 1.0 : 0.0, stop && stop->requested() ? 1.0 : 0.0};
+      trainer_.parallel().sum(flags, 2);
+      const bool out_of_time = flags[0] > 0;
+      const bool stopping = flags[1] > 0;
       if ((s + 1) % tc.eval_interval == 0 || last || out_of_time) val = trainer_.evaluate(data_.val, data_.eval_batches);
       if ((s + 1) % tc.log_interval == 0 || last || out_of_time || stopping) {
         const auto now = Clock::now();
@@ -135,7 +138,7 @@ class Run {
       }
       if (stopping) {
         res.stop = FitResult::kSignal;
-        res.signal = stop->signal();
+        res.signal = stop->requested() ? stop->signal() : SIGTERM;  // another rank received it
         save("stop signal", ev);
         break;
       }

@@ -1,7 +1,8 @@
 #pragma once
 // The Trainer: composed from model, optimizer, precision, parallel strategy and backend.
-// One optimizer step = the strategy's micro-batch schedule (plain accumulation for Serial)
-// -> gradient reduction -> overflow check and unscale (loss scaling) -> L2 -> global-norm
+// One optimizer step = the step's N micro-batches ("pieces", train.grad_accum; replica q of
+// R computes pieces [q N/R, (q+1) N/R)), their gradients summed along one fixed tree
+// (parallel/tree_sum.hpp) -> gradient reduction across replicas -> overflow check and unscale (loss scaling) -> L2 -> global-norm
 // clip -> learning rate -> update by parameter group -> weight constraints. Under a
 // narrow-storage precision the optimizer updates fp32 master weights, which are then
 // published, rounded, into the model.
@@ -20,9 +21,11 @@
 #include "tmoe/core/error.hpp"
 #include "tmoe/core/philox.hpp"
 #include "tmoe/core/threading.hpp"
+#include "tmoe/parallel/data_parallel.hpp"
 #include "tmoe/moe/plan.hpp"
 #include "tmoe/optim/clip.hpp"
 #include "tmoe/optim/schedule.hpp"
+#include "tmoe/parallel/tree_sum.hpp"
 #include "tmoe/precision/loss_scaler.hpp"
 #include "tmoe/precision/precision.hpp"
 #include "tmoe/backend/stored.hpp"
@@ -67,8 +70,9 @@ struct StepStats {
   double lr = 0;
   double loss_scale = 1;  // the scale this step's backward ran with
   bool skipped = false;   // non-finite gradients under loss scaling: nothing was updated
-  std::int64_t micro_batches = 0;
-  std::int64_t tokens = 0;
+  std::int64_t micro_batches = 0;  // pieces of the global step (all replicas)
+  std::int64_t tokens = 0;         // tokens of the global step
+  CommCounters comm;               // this rank's communication during the step
   std::vector<std::vector<std::int64_t>> expert_counts;  // [layer][expert], summed over micro-batches
   std::vector<MoEStats> moe;  // [layer]: routing statistics over the step (empty for dense layers)
 };
@@ -121,24 +125,33 @@ class Trainer {
   static constexpr const char* precision_name() { return Precision::name; }
 
   explicit Trainer(const Config& cfg, Parallel parallel = {})
-      : cfg_(cfg), parallel_(parallel), model_((cfg.validate(), cfg.model)), schedule_(cfg.train), ramp_(cfg.train) {
+      : cfg_(cfg), parallel_(std::move(parallel)), model_((cfg.validate(), cfg.model)), schedule_(cfg.train), ramp_(cfg.train) {
     opt_ = Opt::from_config(cfg.train);
     scaler_ = LossScaler::from_config(cfg.train, Precision::loss_scaling);
     const std::int64_t total = model_.registry().total();
-    for (int s = 0; s < opt_.used_slots(); ++s) state_[s].resize(Shape{total});
+    check_pieces();
+    std::tie(lo_, hi_) = parallel_.shard(total);
+    for (int s = 0; s < opt_.used_slots(); ++s) state_[s].resize(Shape{hi_ - lo_});
     model_.init(cfg.train.seed);
     if constexpr (kSeparateMaster) {
-      master_.resize(Shape{total});
+      master_.resize(Shape{hi_ - lo_});
       const T* p = model_.params();
-      for (std::int64_t i = 0; i < total; ++i) master_[i] = static_cast<M>(p[i]);
+      for (std::int64_t i = lo_; i < hi_; ++i) master_[i - lo_] = static_cast<M>(p[i]);
       publish();
     }
-    // The gradient-ready seam: a strategy that overlaps its gradient reduction with
-    // backward provides grads_ready(registry, grads, first, last).
-    if constexpr (requires(Parallel& s, const ParamRegistry& r, T* g) { s.grads_ready(r, g, 0, 0); })
-      model_.set_grad_ready_hook([this](int first, int last) {
-        parallel_.grads_ready(model_.registry(), model_.grads(), first, last);
-      });
+    // The gradient-ready seam: during the last micro-batch's backward, each announced range
+    // is finished (its pieces summed along the tree) and handed to a strategy that overlaps
+    // its reduction with the rest of backward (grads_ready).
+    model_.set_grad_ready_hook([this](int first, int last) {
+      if (!last_micro_) return;
+      const ParamRegistry& reg = model_.registry();
+      const std::int64_t lo = reg[first].offset, hi = last < reg.size() ? reg[last].offset : reg.total();
+      T* g = model_.grads();
+      acc_.finish(g, g, lo, hi);
+      finished_ += hi - lo;
+      if constexpr (requires(Parallel& s, const ParamRegistry& r, T* gg) { s.grads_ready(r, gg, 0, 0); })
+        parallel_.grads_ready(reg, g, first, last);
+    });
     const std::int64_t n = cfg.train.batch_size * cfg.train.seq_len;
     inputs_.resize(Shape{n});
     targets_.resize(Shape{n});
@@ -155,38 +168,28 @@ class Trainer {
     step_ = s;
   }
 
-  // The weights the optimizer updates and a checkpoint stores: the fp32 master copy under
-  // mixed precision, else the model's own. After writing them, call publish().
+  // The weights the optimizer updates: the fp32 master copy under mixed precision, else the
+  // model's own. Under ZeRO-1 a rank holds only its shard [shard().first, shard().second)
+  // of the master copy and of the optimizer state; master_params() and optimizer_state()
+  // then point at element shard().first. A checkpoint goes through restartable_state().
   M* master_params() {
     if constexpr (kSeparateMaster) return master_.data();
-    else return model_.params();
+    else return model_.params() + lo_;
   }
+  std::pair<std::int64_t, std::int64_t> shard() const { return {lo_, hi_}; }
   // Copies the master weights into the model, rounded to the storage type (the router and
-  // buffers stay exact: DESIGN.md, router in fp32).
+  // buffers stay exact: DESIGN.md, router in fp32); under ZeRO-1 each rank publishes its
+  // shard and the shards are all-gathered.
   void publish() {
-    if constexpr (kSeparateMaster) {
-      T* p = model_.params();
-      for (const ParamInfo& pi : model_.registry().params()) {
-        const bool exact = pi.has(kTagRouter) || pi.has(kTagBuffer);
-        const M* src = master_.data() + pi.offset;
-        T* dst = p + pi.offset;
-        const std::int64_t n = pi.numel();
-        if constexpr (narrow_storage_v<Precision>) {
-          if (!exact) {
-            for (std::int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(Precision::storage::round(static_cast<float>(src[i])));
-            continue;
-          }
-        }
-        for (std::int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
-      }
-    }
+    if constexpr (kSeparateMaster) publish_range(master_.data() - lo_, lo_, hi_);
+    parallel_.gather_shards(model_.params(), model_.registry().total());
   }
 
   // Optimizer state: slot s (0 .. optimizer_slots()-1), laid out like the flat parameters.
   int optimizer_slots() const { return opt_.used_slots(); }
   std::string optimizer_name() const { return opt_.active_name(); }
   std::string optimizer_slot_name(int s) const { return opt_.slot_name(s); }
-  M* optimizer_state(int s) { return state_[s].data(); }
+  M* optimizer_state(int s) { return state_[s].data(); }  // this rank's shard (see master_params)
   const Opt& optimizer() const { return opt_; }
   LossScaler& loss_scaler() { return scaler_; }
   const LrSchedule& schedule() const { return schedule_; }
@@ -199,36 +202,49 @@ class Trainer {
     MemoryReport r;
     const std::int64_t total = model_.registry().total();
     r.params = total * static_cast<std::int64_t>(sizeof(T));
-    r.master = kSeparateMaster ? total * static_cast<std::int64_t>(sizeof(M)) : 0;
+    const std::int64_t mine = hi_ - lo_;  // the ZeRO-1 shard, or everything
+    r.master = kSeparateMaster ? mine * static_cast<std::int64_t>(sizeof(M)) : 0;
     r.grads = total * static_cast<std::int64_t>(sizeof(T));
-    r.optimizer = opt_.used_slots() * total * static_cast<std::int64_t>(sizeof(M));
+    r.optimizer = opt_.used_slots() * mine * static_cast<std::int64_t>(sizeof(M));
     if constexpr (requires(const ModelImpl& m) { m.activation_bytes(std::int64_t{}, std::int64_t{}); })
       r.activations = model_.activation_bytes(cfg_.train.batch_size, cfg_.train.seq_len);
     return r;
   }
 
-  // One optimizer step over the step's micro-batches (grad_accum, or fewer during a batch
-  // ramp): backward (loss-scaled under MixedFp16) -> gradient reduction -> overflow check
-  // (skip) -> unscale -> L2 -> global-norm clip -> update by parameter group -> weight
-  // constraints -> publish -> router bias update.
+  // One optimizer step over the step's pieces (train.grad_accum micro-batches, or fewer
+  // during a batch ramp), split over the replicas: backward of each (loss-scaled under
+  // MixedFp16) -> tree sum of the pieces -> reduction across replicas -> overflow check
+  // (skip) -> unscale -> L2 -> global-norm clip -> update by parameter group (this rank's
+  // shard under ZeRO-1) -> weight constraints -> publish -> router bias update.
   StepStats train_step(const BatchFn& batches) {
     const auto& tc = cfg_.train;
-    const std::int64_t b = tc.batch_size, t = tc.seq_len, a = ramp_.micro_batches(step_), first = ramp_.first_micro(step_);
+    const std::int64_t b = tc.batch_size, t = tc.seq_len, pieces = ramp_.micro_batches(step_),
+                       first = ramp_.first_micro(step_);
+    const std::int64_t a = pieces / parallel_.size(), mine0 = parallel_.rank() * a;
+    parallel_.counters().clear();
     StepStats st;
     st.step = step_;
-    st.micro_batches = a;
+    st.micro_batches = pieces;
     st.loss_scale = scaler_.enabled ? scaler_.scale : 1.0;
     st.expert_counts.assign(static_cast<std::size_t>(model_.n_layers()), {});
     st.moe.assign(static_cast<std::size_t>(model_.n_layers()), {});
+    T* g = model_.grads();
+    const std::int64_t total = model_.registry().total();
+    std::vector<double> parts(static_cast<std::size_t>(3 * a));  // (total, ce, aux) of each local piece
     model_.zero_grad();
+    acc_.reset(total);
+    finished_ = 0;
     for (std::int64_t micro = 0; micro < a; ++micro) {
-      batches(first + micro, inputs_.data(), targets_.data());
-      model_.set_mode(true, tc.seed, step_, (parallel_.rank() * a + micro) * b * t);
+      const std::int64_t piece = mine0 + micro;
+      batches(first + piece, inputs_.data(), targets_.data());
+      model_.set_mode(true, tc.seed, step_, piece * b * t);
       const LossParts lp = model_.forward(inputs_.data(), targets_.data(), b, t);
-      model_.backward(st.loss_scale / static_cast<double>(a));
-      st.loss += lp.total / static_cast<double>(a);
-      st.ce += lp.ce / static_cast<double>(a);
-      st.aux += lp.aux / static_cast<double>(a);
+      last_micro_ = micro + 1 == a;
+      model_.backward(st.loss_scale / static_cast<double>(pieces));
+      last_micro_ = false;
+      parts[static_cast<std::size_t>(3 * micro)] = lp.total;
+      parts[static_cast<std::size_t>(3 * micro + 1)] = lp.ce;
+      parts[static_cast<std::size_t>(3 * micro + 2)] = lp.aux;
       for (std::int64_t l = 0; l < model_.n_layers(); ++l) {
         auto cnt = model_.expert_counts(l);
         auto& acc = st.expert_counts[static_cast<std::size_t>(l)];
@@ -236,71 +252,85 @@ class Trainer {
         for (std::size_t e = 0; e < cnt.size(); ++e) acc[e] += cnt[e];
         if (const MoEStats* ms = model_.moe_stats(l)) st.moe[static_cast<std::size_t>(l)].accumulate(*ms, static_cast<double>(a));
       }
+      if (micro + 1 < a) {
+        acc_.add(g);
+        model_.zero_grad();
+      }
     }
     model_.set_mode(false);
-    st.tokens = a * b * t * parallel_.size();
-    T* g = model_.grads();
-    const std::int64_t total = model_.registry().total();
+    if (finished_ == 0) acc_.finish(g, g, 0, total);  // a model without the gradient-ready hook
+    else if (finished_ != total)
+      throw Error(detail::cat("backward announced ", finished_, " of ", total, " gradient elements"), "Trainer::train_step",
+                  "a model whose gradient-ready hook announces every parameter once per backward");
+    st.tokens = pieces * b * t;
     parallel_.reduce_gradients(g, total);
-    st.loss = parallel_.sum(st.loss) / parallel_.size();
-    st.ce = parallel_.sum(st.ce) / parallel_.size();
-    st.aux = parallel_.sum(st.aux) / parallel_.size();
+    reduce_stats(st, parts, pieces);
     if (gradient_hook_) gradient_hook_(g, total);
     st.lr = schedule_(step_);
+    T* gs = g + lo_;  // this rank's shard of the reduced gradient (all of it without ZeRO-1)
+    const std::int64_t gn = hi_ - lo_;
 
     if (scaler_.enabled) {
       // Every rank must decide alike: the overflow flag is summed over all ranks.
-      const bool finite = parallel_.sum(std::isfinite(StoreBackend::sum_squares(g, total)) ? 0.0 : 1.0) == 0.0;
+      const bool finite = parallel_.sum(std::isfinite(grad_sum_squares(g)) ? 0.0 : 1.0) == 0.0;
       if (!scaler_.update(finite)) {
         st.skipped = true;
         skip_step();
+        st.comm = parallel_.counters();
         return st;
       }
       if (st.loss_scale != 1.0) {
         const T inv = static_cast<T>(1.0 / st.loss_scale);
-        StoreBackend::for_rows(total / 4096 + 1, [=](std::int64_t blk) {
-          const std::int64_t i1 = std::min(total, (blk + 1) * 4096);
-          for (std::int64_t i = blk * 4096; i < i1; ++i) g[i] *= inv;
+        StoreBackend::for_rows(gn / 4096 + 1, [=](std::int64_t blk) {
+          const std::int64_t i1 = std::min(gn, (blk + 1) * 4096);
+          for (std::int64_t i = blk * 4096; i < i1; ++i) gs[i] *= inv;
         });
       }
     }
-    M* p = master_params();
-    add_l2(g, p);
-    const double ss = StoreBackend::sum_squares(g, total);
+    add_l2(g);
+    const double ss = grad_sum_squares(g);
     if (!std::isfinite(ss))
       throw Error(detail::cat("gradient norm is not finite at step ", step_), "Trainer::train_step",
                   "finite gradients (lower the learning rate, or use a loss-scaled precision policy)");
-    st.grad_norm = clip_grad_norm<StoreBackend>(g, total, tc.grad_clip, ss);
+    st.grad_norm = clip_grad_norm<StoreBackend>(gs, gn, tc.grad_clip, ss);
     ++step_;
     for (const ParamInfo& pi : model_.registry().params()) {
       if (pi.has(kTagBuffer)) continue;  // state moved by its own rule (e.g. the router bias update)
-      const GroupSettings gs = GroupSettings::of(tc, pi);
+      const std::int64_t i0 = std::max(pi.offset, lo_), i1 = std::min(pi.offset + pi.numel(), hi_);
+      if (i1 <= i0) continue;
+      const GroupSettings grp = GroupSettings::of(tc, pi);
       std::array<M*, std::max(1, Opt::slots)> st_ptrs{};
-      for (int s = 0; s < opt_.used_slots(); ++s) st_ptrs[s] = state_[s].data() + pi.offset;
-      opt_.update(p + pi.offset, grad_view(g, pi), st_ptrs.data(), pi.numel(), st.lr, gs.weight_decay, step_);
-      if (gs.clamp) {
-        M* w = p + pi.offset;
-        const M lo = static_cast<M>(gs.clamp_min), hi = static_cast<M>(gs.clamp_max);
-        for (std::int64_t i = 0; i < pi.numel(); ++i) w[i] = std::clamp(w[i], lo, hi);
+      for (int s = 0; s < opt_.used_slots(); ++s) st_ptrs[s] = state_[s].data() + (i0 - lo_);
+      M* w = master_at(i0);
+      opt_.update(w, grad_view(g, i0, i1 - i0), st_ptrs.data(), i1 - i0, st.lr, grp.weight_decay, step_);
+      if (grp.clamp) {
+        const M lo = static_cast<M>(grp.clamp_min), hi = static_cast<M>(grp.clamp_max);
+        for (std::int64_t i = 0; i < i1 - i0; ++i) w[i] = std::clamp(w[i], lo, hi);
       }
     }
     publish();
-    model_.after_step([this](double* v, std::int64_t count) {
-      for (std::int64_t i = 0; i < count; ++i) v[i] = parallel_.sum(v[i]);
-    });
+    model_.after_step([this](double* v, std::int64_t count) { parallel_.sum(v, count); });
     pull_buffers();
+    st.comm = parallel_.counters();
     return st;
   }
 
-  // Mean cross-entropy (nats per token) over eval micro-batches 0..count-1.
+  // Mean cross-entropy (nats per token) over eval micro-batches 0..count-1 (split over the
+  // replicas; the mean is summed in batch order, so it does not depend on the layout).
   double evaluate(const BatchFn& batches, std::int64_t count) {
     model_.set_mode(false);
-    double s = 0;
-    for (std::int64_t i = 0; i < count; ++i) {
+    const std::int64_t R = parallel_.size(), per = (count + R - 1) / R;
+    std::vector<double> mine(static_cast<std::size_t>(per), 0.0);
+    for (std::int64_t j = 0; j < per; ++j) {
+      const std::int64_t i = j * R + parallel_.rank();
+      if (i >= count) break;
       batches(i, inputs_.data(), targets_.data());
-      s += model_.forward(inputs_.data(), targets_.data(), cfg_.train.batch_size, cfg_.train.seq_len).ce;
+      mine[static_cast<std::size_t>(j)] = model_.forward(inputs_.data(), targets_.data(), cfg_.train.batch_size, cfg_.train.seq_len).ce;
     }
-    return parallel_.sum(s) / static_cast<double>(count * parallel_.size());
+    const std::vector<double> all = parallel_.gather(mine);  // [rank][j]: batch j R + rank
+    double s = 0;
+    for (std::int64_t i = 0; i < count; ++i) s += all[static_cast<std::size_t>((i % R) * per + i / R)];
+    return s / static_cast<double>(count);
   }
 
   // Continues `prompt` by `count` tokens: greedy when temperature == 0, else sampling from
@@ -340,39 +370,149 @@ class Trainer {
     return {prompt.begin() + static_cast<std::ptrdiff_t>(start), prompt.end()};
   }
 
-  // What a checkpoint must hold to resume exactly (DESIGN.md: named in one place).
+  // What a checkpoint must hold to resume exactly (DESIGN.md: named in one place): full,
+  // layout-free tensors in the registry's flat layout. Under ZeRO-1 the shards are
+  // all-gathered into staging buffers (every rank must call it; with `current` false the
+  // buffers are only sized, for a resume to fill). After writing into the views, call
+  // adopt_state().
   struct StateView {
     std::string name;
     M* data;
     std::int64_t size;
   };
-  std::vector<StateView> restartable_state() {
+  std::vector<StateView> restartable_state(bool current = true) {
     const std::int64_t n = model_.registry().total();
-    std::vector<StateView> v{{"params", master_params(), n}};
-    for (int s = 0; s < opt_.used_slots(); ++s) v.push_back({std::string("optimizer.") + opt_.slot_name(s), state_[s].data(), n});
+    if (!parallel_.sharded()) {
+      std::vector<StateView> v{{"params", master_params(), n}};
+      for (int s = 0; s < opt_.used_slots(); ++s) v.push_back({std::string("optimizer.") + opt_.slot_name(s), state_[s].data(), n});
+      return v;
+    }
+    auto stage = [&](Tensor<M>& buf, const M* shard) {
+      buf.resize(Shape{n});
+      if (current) {
+        std::copy_n(shard, hi_ - lo_, buf.data() + lo_);
+        parallel_.gather_shards(buf.data(), n);
+      }
+      return buf.data();
+    };
+    staging_.resize(static_cast<std::size_t>(1 + opt_.used_slots()));
+    M* params = nullptr;
+    if constexpr (kSeparateMaster) params = stage(staging_[0], master_.data());
+    else params = model_.params();
+    std::vector<StateView> v{{"params", params, n}};
+    for (int s = 0; s < opt_.used_slots(); ++s)
+      v.push_back({std::string("optimizer.") + opt_.slot_name(s), stage(staging_[1 + s], state_[s].data()), n});
     return v;  // plus step(), config().train.seed (which key every random draw) and the loss scaler
   }
+  // Takes the state written into restartable_state()'s views (a resume): keeps this rank's
+  // shard, frees the staging buffers and publishes the weights.
+  void adopt_state() {
+    if (parallel_.sharded()) {
+      if constexpr (kSeparateMaster) std::copy_n(staging_.at(0).data() + lo_, hi_ - lo_, master_.data());
+      for (int s = 0; s < opt_.used_slots(); ++s) std::copy_n(staging_.at(1 + s).data() + lo_, hi_ - lo_, state_[s].data());
+      if constexpr (kSeparateMaster) publish_range(staging_[0].data(), 0, model_.registry().total());
+      staging_.clear();
+      return;
+    }
+    publish();
+  }
+  // Releases the staging buffers of a save under ZeRO-1.
+  void release_staging() { staging_.clear(); }
 
  private:
-  // The gradient the optimizer sees, in the master type.
-  const M* grad_view(const T* g, const ParamInfo& pi) {
-    if constexpr (std::is_same_v<M, T>) return g + pi.offset;
+  // Steps must split into equal runs of pieces over the replicas.
+  void check_pieces() const {
+    const std::int64_t R = parallel_.size();
+    if (R == 1) return;
+    const auto& tc = cfg_.train;
+    for (std::int64_t s = 0; s <= std::max<std::int64_t>(0, tc.batch_ramp_steps); ++s) {
+      const std::int64_t n = ramp_.micro_batches(s);
+      if (n % R != 0)
+        throw Error(detail::cat("step ", s, " has ", n, " micro-batches (train.grad_accum", tc.batch_ramp_steps > 0 ? ", batch ramp" : "",
+                                "), not divisible by the ", R, " data-parallel replicas"),
+                    "train.grad_accum", "a global micro-batch count per step divisible by parallel.data x parallel.expert");
+    }
+  }
+  // The master weight of flat element i (i in this rank's shard).
+  M* master_at(std::int64_t i) {
+    if constexpr (kSeparateMaster) return master_.data() + (i - lo_);
+    else return model_.params() + i;
+  }
+  // Model weights [lo, hi) from master weights given in the flat layout (src[i] is element i).
+  void publish_range(const M* src, std::int64_t lo, std::int64_t hi) {
+    T* p = model_.params();
+    for (const ParamInfo& pi : model_.registry().params()) {
+      const std::int64_t i0 = std::max(pi.offset, lo), i1 = std::min(pi.offset + pi.numel(), hi);
+      if (i1 <= i0) continue;
+      const bool exact = pi.has(kTagRouter) || pi.has(kTagBuffer);
+      if constexpr (narrow_storage_v<Precision>) {
+        if (!exact) {
+          for (std::int64_t i = i0; i < i1; ++i) p[i] = static_cast<T>(Precision::storage::round(static_cast<float>(src[i])));
+          continue;
+        }
+      }
+      for (std::int64_t i = i0; i < i1; ++i) p[i] = static_cast<T>(src[i]);
+    }
+  }
+  // Σ g² over the whole reduced gradient, in the backend's fixed chunks: under ZeRO-1 each
+  // rank sums the chunks of its shard (shards are whole chunks) and the partial sums are
+  // gathered and added in chunk order, as one process adds them.
+  double grad_sum_squares(const T* g) {
+    const std::int64_t total = model_.registry().total();
+    if (!parallel_.sharded()) return StoreBackend::sum_squares(g, total);
+    std::vector<double> part = sum_squares_chunks(g, lo_, hi_);
+    double s = 0;
+    for (double v : parallel_.gatherv(part)) s += v;
+    return s;
+  }
+  // The gradient the optimizer sees, in the master type: elements [i0, i0 + n).
+  const M* grad_view(const T* g, std::int64_t i0, std::int64_t n) {
+    if constexpr (std::is_same_v<M, T>) return g + i0;
     else {
-      grad_tmp_.ensure(Shape{pi.numel()});
-      for (std::int64_t i = 0; i < pi.numel(); ++i) grad_tmp_[i] = static_cast<M>(g[pi.offset + i]);
+      grad_tmp_.ensure(Shape{n});
+      for (std::int64_t i = 0; i < n; ++i) grad_tmp_[i] = static_cast<M>(g[i0 + i]);
       return grad_tmp_.data();
     }
   }
-  // L2 penalty (l2/2)·‖w‖² of each group: g += l2 · w, before clipping.
-  void add_l2(T* g, const M* p) {
+  // Same as the statistics of one process: pieces' losses summed along the tree over the
+  // global piece order; counts summed over replicas (exact); means averaged.
+  void reduce_stats(StepStats& st, const std::vector<double>& parts, std::int64_t pieces) {
+    const std::vector<double> all = parallel_.gather(parts);
+    std::vector<double> v[3];
+    for (std::size_t i = 0; i < all.size(); ++i) v[i % 3].push_back(all[i]);
+    st.loss = tree_sum(v[0]) / static_cast<double>(pieces);
+    st.ce = tree_sum(v[1]) / static_cast<double>(pieces);
+    st.aux = tree_sum(v[2]) / static_cast<double>(pieces);
+    if (parallel_.size() == 1) return;
+    const double R = parallel_.size();
+    std::vector<double> flat;
+    for (const auto& c : st.expert_counts) flat.insert(flat.end(), c.begin(), c.end());
+    for (const MoEStats& m : st.moe) {
+      flat.insert(flat.end(), m.tokens.begin(), m.tokens.end());
+      flat.insert(flat.end(), m.dropped.begin(), m.dropped.end());
+      flat.push_back(m.entropy / R);
+      for (const auto& term : m.terms) flat.push_back(term.second / R);
+    }
+    parallel_.sum(flat.data(), static_cast<std::int64_t>(flat.size()));
+    std::size_t at = 0;
+    for (auto& c : st.expert_counts)
+      for (auto& x : c) x = static_cast<std::int64_t>(flat[at++]);
+    for (MoEStats& m : st.moe) {
+      for (auto& x : m.tokens) x = static_cast<std::int64_t>(flat[at++]);
+      for (auto& x : m.dropped) x = static_cast<std::int64_t>(flat[at++]);
+      m.entropy = flat[at++];
+      for (auto& term : m.terms) term.second = flat[at++];
+    }
+  }
+  // L2 penalty (l2/2)·‖w‖² of each group: g += l2 · w, before clipping (this rank's shard).
+  void add_l2(T* g) {
     for (const ParamInfo& pi : model_.registry().params()) {
       if (pi.has(kTagBuffer)) continue;
       const double l2 = GroupSettings::of(cfg_.train, pi).l2;
       if (l2 == 0) continue;
+      const std::int64_t i0 = std::max(pi.offset, lo_), i1 = std::min(pi.offset + pi.numel(), hi_);
       const T c = static_cast<T>(l2);
-      T* gg = g + pi.offset;
-      const M* w = p + pi.offset;
-      for (std::int64_t i = 0; i < pi.numel(); ++i) gg[i] += c * static_cast<T>(w[i]);
+      for (std::int64_t i = i0; i < i1; ++i) g[i] += c * static_cast<T>(*master_at(i));
     }
   }
   // Buffers (router biases) are moved by the model in its own weights: copy them back into
@@ -382,7 +522,8 @@ class Trainer {
       const T* p = model_.params();
       for (const ParamInfo& pi : model_.registry().params())
         if (pi.has(kTagBuffer))
-          for (std::int64_t i = 0; i < pi.numel(); ++i) master_[pi.offset + i] = static_cast<M>(p[pi.offset + i]);
+          for (std::int64_t i = std::max(pi.offset, lo_); i < std::min(pi.offset + pi.numel(), hi_); ++i)
+            master_[i - lo_] = static_cast<M>(p[i]);
     }
   }
   // A skipped step leaves every weight, buffer and optimizer moment as it was; the model's
@@ -411,6 +552,11 @@ class Trainer {
   Tensor<M> master_;
   Tensor<M> state_[std::max(1, Opt::slots)];
   Tensor<M> grad_tmp_;
+  std::vector<Tensor<M>> staging_;  // full-size state of a save/resume under ZeRO-1
+  PieceAccumulator<T> acc_;         // the step's pieces on this rank, summed along the tree
+  std::int64_t lo_ = 0, hi_ = 0;    // this rank's shard of the flat parameters (ZeRO-1), or all
+  std::int64_t finished_ = 0;       // gradient elements finished in the last backward
+  bool last_micro_ = false;
   Tensor<std::int32_t> inputs_, targets_;
   std::function<void(T*, std::int64_t)> gradient_hook_;
   std::int64_t step_ = 0;
