@@ -142,15 +142,16 @@ concept BlockPolicy = Named<Blk> && requires {
 // A parallel strategy: the process layout, gradient reduction and the reductions of
 // metrics. `Serial` is one process.
 template <class S>
-concept ParallelStrategy = Named<S> && requires(S& s, float* gf, double* gd, double v, std::int64_t n) {
+concept ParallelStrategy = Named<S> && requires(S& s, float* gf, double* gd, double v, std::int64_t n,
+                                                const ParamRegistry& reg) {
   { s.rank() } -> std::convertible_to<int>;
   { s.size() } -> std::convertible_to<int>;
   { s.sharded() } -> std::convertible_to<bool>;
-  { s.shard(n) } -> std::convertible_to<std::pair<std::int64_t, std::int64_t>>;
-  s.reduce_gradients(gf, n);
-  s.reduce_gradients(gd, n);
-  s.gather_shards(gf, n);
-  s.gather_shards(gd, n);
+  { s.shard(reg) } -> std::convertible_to<std::pair<std::int64_t, std::int64_t>>;
+  s.reduce_gradients(gf, reg);
+  s.reduce_gradients(gd, reg);
+  s.gather_shards(gf, reg);
+  s.gather_shards(gd, reg);
   { s.sum(v) } -> std::convertible_to<double>;
   s.sum(gd, n);
   s.barrier();

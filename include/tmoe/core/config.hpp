@@ -71,6 +71,10 @@ struct ModelConfig {
                                   // all, or comma-separated rates, one per expert group (n_groups) or expert
   double expert_drop_rate = 0;    // training: drop a token's contribution from one routed expert (gates renormalised)
   std::string recompute = "none"; // activation recomputation: none | full (per block) | selective
+  // Layout, not configuration (no config key, not in checkpoints): the expert-parallel
+  // rank and size the trainer builds this rank's share of the model for. A rank declares
+  // experts [ep_rank E / ep_size, (ep_rank + 1) E / ep_size) of each MoE layer.
+  std::int64_t ep_rank = 0, ep_size = 1;
 
   static constexpr auto fields() {
     using C = ModelConfig;

@@ -45,6 +45,10 @@ struct ParamInfo {
   std::uint32_t tags = 0;
   Init init = Init::kNormal;
   double init_std = 0.0;    // for Init::kNormal
+  // The parameter's index in the whole model's registry, whatever this rank holds: under
+  // expert parallelism a rank declares only its experts, and the others are skipped, so
+  // initialisation (keyed by it) and names do not depend on the layout.
+  int global_index = 0;
   std::int64_t numel() const { return shape.numel(); }
   bool has(Tag t) const { return (tags & t) != 0; }
 };
@@ -55,12 +59,15 @@ class ParamRegistry {
   // rounded up to 16 elements so every parameter starts on a 64-byte boundary.
   int add(std::string name, Shape shape, std::uint32_t tags, Init init, double init_std = 0.0) {
     if (index_.count(name)) throw Error("parameter declared twice: " + name, "tmoe::ParamRegistry");
-    ParamInfo p{std::move(name), shape, total_, tags, init, init_std};
+    ParamInfo p{std::move(name), shape, total_, tags, init, init_std, next_global_++};
     total_ += (p.numel() + 15) / 16 * 16;
     index_[p.name] = static_cast<int>(params_.size());
     params_.push_back(std::move(p));
     return static_cast<int>(params_.size()) - 1;
   }
+  // Counts `count` parameters another rank declares (expert parallelism) without holding them.
+  void skip(int count) { next_global_ += count; }
+  int global_size() const { return next_global_; }  // parameters of the whole model
   const std::vector<ParamInfo>& params() const { return params_; }
   const ParamInfo& operator[](int i) const { return params_[static_cast<std::size_t>(i)]; }
   int size() const { return static_cast<int>(params_.size()); }
@@ -79,6 +86,7 @@ class ParamRegistry {
   std::vector<ParamInfo> params_;
   std::unordered_map<std::string, int> index_;
   std::int64_t total_ = 0;
+  int next_global_ = 0;
 };
 
 // A layer's handle on one parameter: the registry index, then the bound pointers.

@@ -523,6 +523,16 @@ inline void check_params(const SafetensorsFile& file, const ParamRegistry& regis
       throw Error("model parameter has dtype " + info.dtype + " in the checkpoint",
                   file.path() + ": tensor '" + name + "'", "dtype F32, F64, BF16 or F16");
   }
+  // A registry of one rank's share (expert parallelism) accepts the tensors other ranks hold;
+  // their number must still be the whole model's.
+  if (registry.global_size() != registry.size()) {
+    std::int64_t count = 0;
+    for (const std::string& name : file.names()) count += name.compare(0, prefix.size(), prefix) == 0;
+    if (count != registry.global_size())
+      throw Error("checkpoint holds " + std::to_string(count) + " parameters" + (prefix.empty() ? std::string() : " under prefix '" + prefix + "'"),
+                  file.path(), "the whole model's " + std::to_string(registry.global_size()));
+    return;
+  }
   for (const std::string& name : file.names()) {
     if (name.compare(0, prefix.size(), prefix) != 0) continue;
     if (!registry.find(name.substr(prefix.size())))

@@ -113,7 +113,7 @@ struct DecoderLM {
       for (int i = 0; i < registry_.size(); ++i) {
         const ParamInfo& pi = registry_[i];
         T* w = params_.data() + pi.offset;
-        const RngKey key{seed, 0, site_id(Site::kInit), static_cast<std::uint32_t>(i)};
+        const RngKey key{seed, 0, site_id(Site::kInit), static_cast<std::uint32_t>(pi.global_index)};
         for (std::int64_t j = 0; j < pi.numel(); ++j)
           w[j] = pi.init == Init::kOnes ? T(1)
                : pi.init == Init::kZeros ? T(0)
@@ -150,6 +150,15 @@ struct DecoderLM {
       mode_.token_offset = token_offset;
     }
     bool training() const { return mode_.training; }
+
+    // Expert parallelism: every MoE layer's experts are split over the exchange's group
+    // (the model must have been built with ModelConfig::ep_size = its size).
+    template <class X>
+    void set_expert_exchange(X* x) {
+      for (auto& b : blocks_)
+        if constexpr (requires { b.ffn.set_expert_exchange(x); })
+          if (!b.uses_dense()) b.ffn.set_expert_exchange(x);
+    }
 
     // After each optimizer step: the MoE layers' bias updates (aux-loss-free balancing).
     // `sum(double* values, count)` adds a vector over the ranks (nothing to do in one process).

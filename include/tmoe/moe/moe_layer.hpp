@@ -43,6 +43,7 @@
 #include "tmoe/moe/balance.hpp"
 #include "tmoe/moe/capacity.hpp"
 #include "tmoe/moe/experts/expert_shape.hpp"
+#include "tmoe/moe/expert_exchange.hpp"
 #include "tmoe/moe/plan.hpp"
 #include "tmoe/moe/routers/topk.hpp"
 #include "tmoe/moe/routing.hpp"
@@ -149,6 +150,14 @@ struct MoE {
     std::vector<std::int64_t> cap_counts;     // (E) rows per expert before the expert drop
     std::vector<double> tok_s, tok_sm, tok_d; // (N) Σ kept gates, Σ surviving gates, backward sums
     Tensor<T> egates;                         // (A) gates after the drop and rescaling
+    // expert parallelism: this rank holds experts [x0, x0 + el); rows travel by all-to-all
+    ExpertExchange<T>* xchg = nullptr;
+    std::int64_t x0 = 0, el = 0;
+    std::vector<std::pair<std::int64_t, std::int64_t>> xrange;  // flat gradient range of each local expert
+    T* gbase = nullptr;
+    std::vector<std::int64_t> ep_smeta, ep_rmeta, ep_tok64, ep_srows, ep_rrows, ep_sc, ep_rc, ep_base;
+    std::vector<std::int32_t> ep_tok;         // (received rows) the source's local token of each row
+    Tensor<T> ep_xr, ep_yr, ep_dyr, ep_dxr, ep_scratch;
 
     void declare(ParamRegistry& r, const std::string& name, const ModelConfig& cfg) {
       c = cfg.d_model;
@@ -176,9 +185,31 @@ struct MoE {
       eshape = ExpertShape{cfg.d_model, cfg.d_expert, false, kTagExpert, cfg.init_std, out_std, cfg.gelu_exact,
                            cfg.expert_depth, cfg.expert_heads > 0 ? cfg.expert_heads : cfg.n_heads, cfg.norm_eps,
                            cfg.rope_base, cfg.context};
-      experts.resize(static_cast<std::size_t>(cfg.n_experts));
-      for (std::int64_t e = 0; e < cfg.n_experts; ++e)
-        experts[static_cast<std::size_t>(e)].declare(r, name + ".experts." + std::to_string(e), eshape);
+      // Under expert parallelism this rank declares only its experts; the others are counted
+      // (ParamRegistry::skip) so that every parameter keeps its global index and name.
+      if (cfg.n_experts % cfg.ep_size != 0)
+        throw Error(detail::cat("model.n_experts = ", cfg.n_experts, " is not divisible by parallel.expert = ", cfg.ep_size),
+                    "parallel.expert", "an expert-parallel size that divides the number of experts");
+      if constexpr (detail::SequenceAwareExpert<ExpertP>)
+        if (cfg.ep_size > 1)
+          throw Error("a sequence-aware expert (TransformerExpert) under expert parallelism", "parallel.expert",
+                      "parallel.expert = 1 for this expert policy (its rows would need their sequences' segments)");
+      el = cfg.n_experts / cfg.ep_size;
+      x0 = cfg.ep_rank * el;
+      experts.resize(static_cast<std::size_t>(el));
+      xrange.clear();
+      for (std::int64_t e = 0; e < cfg.n_experts; ++e) {
+        const std::string ename = name + ".experts." + std::to_string(e);
+        if (e >= x0 && e < x0 + el) {
+          const std::int64_t lo = r.total();
+          experts[static_cast<std::size_t>(e - x0)].declare(r, ename, eshape);
+          xrange.emplace_back(lo, r.total());
+        } else {
+          ParamRegistry elsewhere;
+          ExpertImpl{}.declare(elsewhere, ename, eshape);
+          r.skip(elsewhere.size());
+        }
+      }
       has_shared = cfg.n_shared_experts > 0;
       if (has_shared) {
         // n shared experts of hidden width h are one FFN of width n·h (the sum of n FFNs on the
@@ -194,7 +225,18 @@ struct MoE {
       if constexpr (RouterP::has_bias) bias.bind(r, p, g);
       for (auto& e : experts) e.bind(r, p, g);
       if (has_shared) shared.bind(r, p, g);
+      gbase = g;
     }
+    // Expert parallelism: the exchange of this rank's expert group (null: one rank).
+    void set_expert_exchange(ExpertExchange<T>* x) {
+      const std::int64_t ranks = x ? x->size() : 1;
+      if (ranks * el != rp.n_experts)
+        throw Error(detail::cat("an expert group of ", ranks, " ranks for a layer declared with ", el, " of ", rp.n_experts,
+                                " experts"),
+                    "MoE::set_expert_exchange", "the model built for this expert-parallel layout (ModelConfig::ep_size)");
+      xchg = x;
+    }
+    bool ep_on() const { return xchg && xchg->size() > 1; }
 
     // in, out: (N, C)
     void forward(const T* in, T* out, std::int64_t rows, const RouteContext& context = {}) {
@@ -223,7 +265,12 @@ struct MoE {
           for (std::int64_t j = 0; j < cc; ++j) dst[r * cc + j] = src[j];
         });
       }
-      // experts, each over its contiguous slice
+      // experts, each over its contiguous slice (under expert parallelism: on their ranks)
+      if (el != e && !ep_on())
+        throw Error(detail::cat("this rank holds ", el, " of ", e, " experts but has no expert group"), "MoE::forward",
+                    "set_expert_exchange() before training under expert parallelism");
+      if (ep_on()) ep_forward();
+      else
       for (std::int64_t x2 = 0; x2 < e; ++x2) {
         auto& ex = experts[static_cast<std::size_t>(x2)];
         if constexpr (detail::SequenceAwareExpert<ExpertP>) {
@@ -266,7 +313,7 @@ struct MoE {
     }
     void release() {
       for (auto* t : {&xj, &jmask, &raw, &logits, &probs, &sel, &rgates, &xe, &ye, &dye, &dxe, &tmp, &dlogits, &dprobs_t,
-                      &dgate, &egates})
+                      &dgate, &egates, &ep_xr, &ep_yr, &ep_dyr, &ep_dxr, &ep_scratch})
         t->release();
       dprobs = {};
       draw = {};
@@ -318,9 +365,11 @@ struct MoE {
       }
       if (xdrop_on) expert_drop_backward();  // dgate: of the rescaled gates -> of the router's
       // experts backward
-      for (std::int64_t x2 = 0; x2 < e; ++x2)
-        experts[static_cast<std::size_t>(x2)].backward(dye.data() + plan.offsets[x2] * c,
-                                                        dxe.data() + plan.offsets[x2] * c, false);
+      if (ep_on()) ep_backward();
+      else
+        for (std::int64_t x2 = 0; x2 < e; ++x2)
+          experts[static_cast<std::size_t>(x2)].backward(dye.data() + plan.offsets[x2] * c,
+                                                          dxe.data() + plan.offsets[x2] * c, false);
       // shared experts first (they overwrite or add), then each token gathers its rows
       if (has_shared) shared.backward(dout, dx, accumulate_dx);
       {
@@ -507,13 +556,17 @@ struct MoE {
 
     // What expert x needs for its dropout in this forward (inactive outside training).
     ExpertDropout expert_dropout(std::int64_t x2) const {
+      return expert_dropout_rows(x2, ctx.token_offset, plan.row_token.data() + plan.offsets[x2]);
+    }
+    // Rows of (global) expert x2 whose tokens are token_offset + tokens[r].
+    ExpertDropout expert_dropout_rows(std::int64_t x2, std::int64_t token_offset, const std::int32_t* tokens) const {
       ExpertDropout d;
       if (!ctx.training) return d;
       const auto ux = static_cast<std::uint64_t>(x2), depth = static_cast<std::uint64_t>(eshape.depth);
       d.hidden = DropoutMask::make(hidden_rates[static_cast<std::size_t>(x2)], ctx.seed, ctx.step,
                                    dropout_site(ctx.layer, DropoutUse::kExpertHidden));
-      d.token_offset = ctx.token_offset;
-      d.tokens = plan.row_token.data() + plan.offsets[x2];
+      d.token_offset = token_offset;
+      d.tokens = tokens;
       d.element_offset = ux * depth * static_cast<std::uint64_t>(eshape.hidden);
       d.attn_rate = attn_dropout;
       d.seed = ctx.seed;
@@ -587,6 +640,82 @@ struct MoE {
     }
 
     // Row ranges of expert x's slice that belong to one sequence (rows are in token order).
+    // Expert parallelism, forward: rows go to the ranks holding their experts (all-to-all),
+    // each local expert runs once per source over that source's rows (a row's result does
+    // not depend on the rows beside it), and the outputs come back in plan order.
+    void ep_forward() {
+      const int P = xchg->size();
+      const std::int64_t m = el + 1;
+      const std::vector<std::int64_t> mc(static_cast<std::size_t>(P), m);
+      ep_smeta.assign(static_cast<std::size_t>(P * m), 0);
+      ep_rmeta.assign(static_cast<std::size_t>(P * m), 0);
+      for (int q = 0; q < P; ++q) {
+        for (std::int64_t i = 0; i < el; ++i) ep_smeta[q * m + i] = plan.counts[q * el + i];
+        ep_smeta[q * m + el] = ctx.token_offset;  // keys the source's dropout masks
+      }
+      xchg->alltoallv(ep_smeta.data(), mc, ep_rmeta.data(), mc);
+      ep_srows.assign(static_cast<std::size_t>(P), 0);
+      ep_rrows = ep_sc = ep_rc = ep_srows;
+      ep_base.assign(static_cast<std::size_t>(P + 1), 0);
+      for (int q = 0; q < P; ++q) {
+        ep_srows[q] = plan.offsets[(q + 1) * el] - plan.offsets[q * el];
+        for (std::int64_t i = 0; i < el; ++i) ep_rrows[q] += ep_rmeta[q * m + i];
+        ep_sc[q] = ep_srows[q] * c;
+        ep_rc[q] = ep_rrows[q] * c;
+        ep_base[q + 1] = ep_base[q] + ep_rrows[q];
+      }
+      const std::int64_t rows = ep_base[P];
+      std::vector<std::int64_t> stok(plan.row_token.begin(), plan.row_token.end());
+      ep_tok64.assign(static_cast<std::size_t>(rows), 0);
+      xchg->alltoallv(stok.data(), ep_srows, ep_tok64.data(), ep_rrows);
+      ep_tok.assign(ep_tok64.begin(), ep_tok64.end());
+      ep_xr.ensure(Shape{std::max<std::int64_t>(rows, 1), c});
+      ep_yr.ensure(Shape{std::max<std::int64_t>(rows, 1), c});
+      xchg->alltoallv(xe.data(), ep_sc, ep_xr.data(), ep_rc);
+      for_each_segment([&](std::int64_t xl, int src, std::int64_t start, std::int64_t count) {
+        auto& ex = experts[static_cast<std::size_t>(xl)];
+        if constexpr (requires { ex.set_dropout(ExpertDropout{}); })
+          ex.set_dropout(expert_dropout_rows(x0 + xl, ep_rmeta[src * m + el], ep_tok.data() + start));
+        ex.forward(ep_xr.data() + start * c, ep_yr.data() + start * c, count);
+      });
+      xchg->alltoallv(ep_yr.data(), ep_rc, ye.data(), ep_sc);
+    }
+    // Backward: output gradients travel as the rows did; each (expert, source) slice re-runs
+    // its forward (the expert saved only the last slice) and its backward, and its weight
+    // gradient moves to the source's slot; input gradients go back.
+    void ep_backward() {
+      const std::int64_t m = el + 1, rows = ep_base.back();
+      ep_dyr.ensure(Shape{std::max<std::int64_t>(rows, 1), c});
+      ep_dxr.ensure(Shape{std::max<std::int64_t>(rows, 1), c});
+      ep_scratch.ensure(Shape{std::max<std::int64_t>(rows, 1), c});
+      xchg->alltoallv(dye.data(), ep_sc, ep_dyr.data(), ep_rc);
+      for_each_segment([&](std::int64_t xl, int src, std::int64_t start, std::int64_t count) {
+        auto& ex = experts[static_cast<std::size_t>(xl)];
+        if constexpr (requires { ex.set_dropout(ExpertDropout{}); })
+          ex.set_dropout(expert_dropout_rows(x0 + xl, ep_rmeta[src * m + el], ep_tok.data() + start));
+        ex.forward(ep_xr.data() + start * c, ep_scratch.data() + start * c, count);
+        ex.backward(ep_dyr.data() + start * c, ep_dxr.data() + start * c, false);
+        const auto [lo, hi] = xrange[static_cast<std::size_t>(xl)];
+        std::copy(gbase + lo, gbase + hi, xchg->slot(src, lo, hi));
+        std::fill(gbase + lo, gbase + hi, T(0));
+      });
+      xchg->alltoallv(ep_dxr.data(), ep_rc, dxe.data(), ep_sc);
+    }
+    // fn(local expert, source, first row, rows) for every non-empty slice of the received rows.
+    template <class F>
+    void for_each_segment(F&& fn) {
+      const int P = xchg->size();
+      const std::int64_t m = el + 1;
+      for (int src = 0; src < P; ++src) {
+        std::int64_t at = ep_base[src];
+        for (std::int64_t xl = 0; xl < el; ++xl) {
+          const std::int64_t count = ep_rmeta[src * m + xl];
+          if (count > 0) fn(xl, src, at, count);
+          at += count;
+        }
+      }
+    }
+
     void segments(std::int64_t x2) {
       const std::int64_t len = ctx.seq_len > 0 ? ctx.seq_len : std::max<std::int64_t>(n, 1);
       const std::int64_t r0 = plan.offsets[x2], r1 = plan.offsets[x2 + 1];

@@ -1,5 +1,10 @@
 #pragma once
-// Data parallelism over a Comm (DESIGN.md "Parallelism"), with ZeRO-1 as an option.
+// Data and expert parallelism over a Comm (DESIGN.md "Parallelism"), with ZeRO-1 as an
+// option. The grid (parallel/grid.hpp) gives three groups: the replicas (data x expert
+// ranks, which see different tokens and reduce the dense gradients), the expert group
+// (the ranks a layer's experts are split over; MoE rows travel there by all-to-all,
+// parallel/expert_parallel.hpp) and the expert-data group (the replicas of one expert
+// shard, which reduce its gradients).
 //
 // The replicas (ranks holding the same weights) split the step's N micro-batches ("pieces")
 // into consecutive runs: replica q computes pieces [q N/R, (q+1) N/R). The gradient of a
@@ -13,9 +18,9 @@
 // Open MPI, transfers progress inside MPI calls; docs/scaling.md). reduce_gradients()
 // completes them, then all-gathers (unless ZeRO-1).
 //
-// ZeRO-1: the flat parameter range is cut into R shards (multiples of the 2^14-element
-// chunks of the gradient sum of squares, so the global norm is summed in the same chunks
-// as in one process). A replica keeps optimizer state and master weights for its shard
+// ZeRO-1: the flat parameter range is cut into R shards at "cells" (2^14-element chunks of
+// a parameter, the unit of the gradient norm's sum, see Trainer::grad_sum_squares), so the
+// global norm is summed in the same cells as in one process. A replica keeps optimizer state and master weights for its shard
 // only, receives only its shard of the reduced gradient, updates it, and the updated
 // weights are all-gathered.
 #include <chrono>
@@ -30,6 +35,7 @@
 #include "tmoe/core/registry.hpp"
 #include "tmoe/optim/clip.hpp"
 #include "tmoe/parallel/comm/comm.hpp"
+#include "tmoe/parallel/expert_parallel.hpp"
 #include "tmoe/parallel/grid.hpp"
 #include "tmoe/parallel/tree_sum.hpp"
 
@@ -45,6 +51,27 @@ struct CommCounters {
 
 inline constexpr std::int64_t kShardGranule = kSumSquaresChunk;
 
+// Where the cells of the flat buffer start (see ZeRO-1 above), in order, then total().
+inline std::vector<std::int64_t> cell_starts(const ParamRegistry& reg) {
+  std::vector<std::int64_t> v;
+  for (const ParamInfo& p : reg.params())
+    for (std::int64_t k = 0; k < std::max<std::int64_t>(1, (p.numel() + kSumSquaresChunk - 1) / kSumSquaresChunk); ++k)
+      v.push_back(p.offset + k * kSumSquaresChunk);
+  v.push_back(reg.total());
+  return v;
+}
+// R shards of the flat buffer, each a run of whole cells, balanced by elements.
+inline std::vector<std::int64_t> cell_shards(const ParamRegistry& reg, int parts) {
+  const auto starts = cell_starts(reg);
+  std::vector<std::int64_t> b(static_cast<std::size_t>(parts) + 1, 0);
+  for (int r = 1; r < parts; ++r) {
+    const std::int64_t target = reg.total() * r / parts;
+    b[static_cast<std::size_t>(r)] = *std::prev(std::upper_bound(starts.begin(), starts.end(), target));
+  }
+  b[static_cast<std::size_t>(parts)] = reg.total();
+  return b;
+}
+
 template <class C>
   requires comm::Comm<C>
 class DataParallel {
@@ -59,11 +86,18 @@ class DataParallel {
         zero_(cfg.parallel.zero),
         bucket_bytes_(static_cast<std::int64_t>(cfg.parallel.bucket_mb * 1024.0 * 1024.0)),
         world_(world),
-        replicas_(world.split(grid_.pipeline_rank * grid_.tensor + grid_.tensor_rank, grid_.replica_rank())) {
-    if (grid_.expert > 1 || grid_.tensor > 1 || grid_.pipeline > 1)
+        replicas_(world.split(grid_.pipeline_rank * grid_.tensor + grid_.tensor_rank, grid_.replica_rank())),
+        experts_(world.split((grid_.pipeline_rank * grid_.data + grid_.data_rank) * grid_.tensor + grid_.tensor_rank,
+                             grid_.expert_rank)),
+        expert_data_(world.split((grid_.pipeline_rank * grid_.tensor + grid_.tensor_rank) * grid_.expert + grid_.expert_rank,
+                                 grid_.data_rank)) {
+    if (grid_.tensor > 1 || grid_.pipeline > 1)
       throw Error(detail::cat("grid ", grid_.describe()), "parallel",
-                  "expert = tensor = pipeline = 1: this build distributes by data (and ZeRO-1) only; expert, tensor "
-                  "and pipeline parallelism are not available yet");
+                  "tensor = pipeline = 1: this build distributes by data and experts (and ZeRO-1); tensor and "
+                  "pipeline parallelism are not available yet");
+    if (zero_ && grid_.expert > 1)
+      throw Error("parallel.zero with parallel.expert > 1", "parallel.zero",
+                  "ZeRO-1 with data parallelism only (sharding the expert-data groups is not available yet)");
   }
 
   const ProcessGrid& grid() const { return grid_; }
@@ -71,42 +105,89 @@ class DataParallel {
   int size() const { return replicas_.size(); }  // replicas
   bool sharded() const { return zero_ && size() > 1; }
   C& replicas() { return replicas_; }
+  C& experts() { return experts_; }
+  C& expert_data() { return expert_data_; }
+  bool expert_parallel() const { return grid_.expert > 1; }
+
+  // The model this rank builds: its share of the experts.
+  ModelConfig model_layout(ModelConfig m) const {
+    m.ep_rank = grid_.expert_rank;
+    m.ep_size = grid_.expert;
+    return m;
+  }
+  // The MoE layers' exchange (null without expert parallelism).
+  template <class T>
+  std::unique_ptr<CommExchange<C, T>> make_exchange(const ParamRegistry& reg) {
+    if (!expert_parallel()) return nullptr;
+    expert_ranges_.clear();
+    for (int i = 0; i < reg.size(); ++i)
+      if (reg[i].has(kTagExpert)) expert_ranges_.emplace_back(reg[i].offset, i + 1 < reg.size() ? reg[i + 1].offset : reg.total());
+    return std::make_unique<CommExchange<C, T>>(experts_, reg);
+  }
+  // Adds to `sums` (global parameter index, Σ g²) the entries the other ranks of the expert
+  // group hold (their experts), so every rank sees every parameter once.
+  void merge_expert_sums(std::vector<std::pair<int, double>>& sums, const ParamRegistry& reg) {
+    if (!expert_parallel()) return;
+    std::vector<double> mine;
+    for (const auto& [gi, v] : sums)
+      if (reg[reg_index_of(reg, gi)].has(kTagExpert)) {
+        mine.push_back(static_cast<double>(gi));
+        mine.push_back(v);
+      }
+    std::vector<std::int64_t> counts(static_cast<std::size_t>(experts_.size()));
+    const std::int64_t m = static_cast<std::int64_t>(mine.size());
+    timed([&] { experts_.allgather(&m, 1, counts.data()); });
+    std::int64_t total = 0;
+    for (auto c : counts) total += c;
+    std::vector<double> all(static_cast<std::size_t>(total));
+    timed([&] { experts_.allgatherv(mine.data(), std::span<const std::int64_t>(counts), all.data()); });
+    std::int64_t at = 0;
+    for (int q = 0; q < experts_.size(); ++q) {
+      if (q != experts_.rank())
+        for (std::int64_t i = 0; i < counts[q]; i += 2) sums.emplace_back(static_cast<int>(all[at + i]), all[at + i + 1]);
+      at += counts[q];
+    }
+  }
   C& world() { return world_; }
   CommCounters& counters() { return counters_; }
 
-  // The elements of the flat buffer (length n) this rank updates: its ZeRO-1 shard, or all.
-  std::pair<std::int64_t, std::int64_t> shard(std::int64_t n) const {
-    if (!sharded()) return {0, n};
-    const auto b = comm::segments(0, n, size(), kShardGranule);
-    return {b[static_cast<std::size_t>(rank())], b[static_cast<std::size_t>(rank()) + 1]};
+  // The elements of the flat buffer this rank updates: its ZeRO-1 shard, or all.
+  std::pair<std::int64_t, std::int64_t> shard(const ParamRegistry& reg) const {
+    const auto b = shard_bounds(reg);
+    return sharded() ? std::pair{b[static_cast<std::size_t>(rank())], b[static_cast<std::size_t>(rank()) + 1]}
+                     : std::pair{std::int64_t{0}, reg.total()};
   }
-  std::vector<std::int64_t> shard_bounds(std::int64_t n) const {
-    return sharded() ? comm::segments(0, n, size(), kShardGranule) : std::vector<std::int64_t>{0, n};
+  std::vector<std::int64_t> shard_bounds(const ParamRegistry& reg) const {
+    return sharded() ? cell_shards(reg, size()) : std::vector<std::int64_t>{0, reg.total()};
   }
 
   // --- gradients --------------------------------------------------------------------------
-  // The gradient-ready hook: registry indices [first, last) are final in g.
+  // The gradient-ready hook: registry indices [first, last) are final in g. Dense
+  // parameters go to the replicas, routed experts (under expert parallelism) to the
+  // expert-data group; each kind fills its own buckets.
   template <class T>
   void grads_ready(const ParamRegistry& reg, T* g, int first, int last) {
-    if (size() == 1) return;
-    const std::int64_t lo = reg[first].offset, hi = last < reg.size() ? reg[last].offset : reg.total();
-    if (open_hi_ > open_lo_ && hi != open_lo_) flush(g, reg.total());
-    if (open_hi_ <= open_lo_) open_hi_ = hi;
-    open_lo_ = lo;
-    if ((open_hi_ - open_lo_) * static_cast<std::int64_t>(sizeof(T)) >= bucket_bytes_) flush(g, reg.total());
+    for (int i = last; i-- > first;) {  // backward's order: high offsets first
+      const std::int64_t lo = reg[i].offset, hi = i + 1 < reg.size() ? reg[i + 1].offset : reg.total();
+      const int kind = expert_parallel() && reg[i].has(kTagExpert) ? 1 : 0;
+      Open& o = open_[kind];
+      if (o.hi > o.lo && hi != o.lo) flush(g, reg, kind);
+      if (o.hi <= o.lo) o.hi = hi;
+      o.lo = lo;
+      if ((o.hi - o.lo) * static_cast<std::int64_t>(sizeof(T)) >= bucket_bytes_) flush(g, reg, kind);
+    }
   }
 
   // Completes the step's reduction: afterwards every replica holds the summed gradient (or,
   // under ZeRO-1, its shard of it). Reduces what the hook did not announce as one bucket.
   template <class T>
-  void reduce_gradients(T* g, std::int64_t n) {
-    if (size() == 1) return;
-    if (open_hi_ > open_lo_) flush(g, n);
-    if (covered_ == 0) {
-      open_lo_ = 0;
-      open_hi_ = n;
-      flush(g, n);
-    }
+  void reduce_gradients(T* g, const ParamRegistry& reg) {
+    const std::int64_t n = reg.total();
+    for (int kind : {0, 1})
+      if (open_[kind].hi > open_[kind].lo) flush(g, reg, kind);
+    if (covered_ == 0) grads_ready(reg, g, 0, reg.size());  // a model without the hook
+    for (int kind : {0, 1})
+      if (open_[kind].hi > open_[kind].lo) flush(g, reg, kind);
     if (covered_ != n)
       throw Error(detail::cat("the buckets covered ", covered_, " of ", n, " gradient elements"), "DataParallel::reduce_gradients",
                   "every parameter announced exactly once per backward by the gradient-ready hook");
@@ -115,8 +196,9 @@ class DataParallel {
     if (!sharded()) {
       std::vector<comm::Pending> gathers;
       for (auto& b : buckets_) {
-        counters_.bytes_sent += (b.bounds[rank() + 1] - b.bounds[rank()]) * (size() - 1) * static_cast<std::int64_t>(sizeof(T));
-        gathers.push_back(replicas_.iallgather(g, std::span<const std::int64_t>(b.bounds)));
+        C& grp = group(b.kind);
+        counters_.bytes_sent += (b.bounds[grp.rank() + 1] - b.bounds[grp.rank()]) * (grp.size() - 1) * static_cast<std::int64_t>(sizeof(T));
+        gathers.push_back(grp.iallgather(g, std::span<const std::int64_t>(b.bounds)));
       }
       for (auto& p : gathers) p.wait();
     }
@@ -124,14 +206,13 @@ class DataParallel {
     counters_.gradient_elements += n;
     buckets_.clear();
     covered_ = 0;
-    open_lo_ = open_hi_ = 0;
   }
 
   // After the update of a sharded step: every replica's shard of x (length n) reaches all.
   template <class T>
-  void gather_shards(T* x, std::int64_t n) {
+  void gather_shards(T* x, const ParamRegistry& reg) {
     if (!sharded()) return;
-    const auto b = shard_bounds(n);
+    const auto b = shard_bounds(reg);
     counters_.bytes_sent += (b[rank() + 1] - b[rank()]) * (size() - 1) * static_cast<std::int64_t>(sizeof(T));
     timed([&] { replicas_.iallgather(x, std::span<const std::int64_t>(b)).wait(); });
   }
@@ -180,36 +261,57 @@ class DataParallel {
     f();
     counters_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
-  template <class T>
-  void flush(T* g, std::int64_t n) {
-    Bucket b;
-    if (sharded()) {
-      const auto s = shard_bounds(n);
-      b.bounds.resize(s.size());
-      for (std::size_t i = 0; i < s.size(); ++i) b.bounds[i] = std::clamp(s[i], open_lo_, open_hi_);
-    } else {
-      b.bounds = comm::segments(open_lo_, open_hi_, size());
+  C& group(int kind) { return kind == 1 ? expert_data_ : replicas_; }
+  static int reg_index_of(const ParamRegistry& reg, int global_index) {
+    // Registries are in global order with gaps (skipped experts): binary search.
+    int lo = 0, hi = reg.size();
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) / 2;
+      (reg[mid].global_index <= global_index ? lo : hi) = mid;
     }
-    const std::int64_t mine = b.bounds[rank() + 1] - b.bounds[rank()];
-    counters_.bytes_sent += (open_hi_ - open_lo_ - mine) * static_cast<std::int64_t>(sizeof(T));
-    b.pending = replicas_.ireduce_scatter_sum(g, std::span<const std::int64_t>(b.bounds), red_);
-    covered_ += open_hi_ - open_lo_;
+    return lo;
+  }
+  template <class T>
+  void flush(T* g, const ParamRegistry& reg, int kind) {
+    Open& o = open_[kind];
+    C& grp = group(kind);
+    Bucket b;
+    b.kind = kind;
+    if (sharded()) {
+      const auto s = shard_bounds(reg);
+      b.bounds.resize(s.size());
+      for (std::size_t i = 0; i < s.size(); ++i) b.bounds[i] = std::clamp(s[i], o.lo, o.hi);
+    } else {
+      b.bounds = comm::segments(o.lo, o.hi, grp.size());
+    }
+    const std::int64_t mine = b.bounds[grp.rank() + 1] - b.bounds[grp.rank()];
+    if (grp.size() > 1) {
+      counters_.bytes_sent += (o.hi - o.lo - mine) * static_cast<std::int64_t>(sizeof(T));
+      b.pending = grp.ireduce_scatter_sum(g, std::span<const std::int64_t>(b.bounds), red_);
+    }
+    covered_ += o.hi - o.lo;
     buckets_.push_back(std::move(b));
-    open_lo_ = open_hi_ = 0;
+    o.lo = o.hi = 0;
   }
 
   struct Bucket {
     std::vector<std::int64_t> bounds;
     comm::Pending pending;
+    int kind = 0;  // 0: dense (replicas), 1: routed experts (expert-data group)
+  };
+  struct Open {
+    std::int64_t lo = 0, hi = 0;  // the bucket being filled (backward goes downwards)
   };
 
   ProcessGrid grid_;
   comm::Reduction red_;
   bool zero_;
   std::int64_t bucket_bytes_;
-  C world_, replicas_;
+  C world_, replicas_, experts_, expert_data_;
   std::vector<Bucket> buckets_;
-  std::int64_t open_lo_ = 0, open_hi_ = 0, covered_ = 0;
+  Open open_[2];
+  std::int64_t covered_ = 0;
+  std::vector<std::pair<std::int64_t, std::int64_t>> expert_ranges_;
   CommCounters counters_;
 };
 

@@ -17,12 +17,12 @@ struct Serial {
   int size() const { return 1; }
   bool sharded() const { return false; }
   bool is_root() const { return true; }
-  std::pair<std::int64_t, std::int64_t> shard(std::int64_t n) const { return {0, n}; }
-  std::vector<std::int64_t> shard_bounds(std::int64_t n) const { return {0, n}; }
+  std::pair<std::int64_t, std::int64_t> shard(const ParamRegistry& reg) const { return {0, reg.total()}; }
+  std::vector<std::int64_t> shard_bounds(const ParamRegistry& reg) const { return {0, reg.total()}; }
   template <class T>
-  void reduce_gradients(T*, std::int64_t) {}
+  void reduce_gradients(T*, const ParamRegistry&) {}
   template <class T>
-  void gather_shards(T*, std::int64_t) {}
+  void gather_shards(T*, const ParamRegistry&) {}
   double sum(double v) const { return v; }
   void sum(double*, std::int64_t) const {}
   std::vector<double> gather(std::span<const double> v) const { return {v.begin(), v.end()}; }

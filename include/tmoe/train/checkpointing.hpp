@@ -30,6 +30,7 @@
 #include "tmoe/io/checkpoint.hpp"
 #include "tmoe/io/safetensors.hpp"
 #include "tmoe/io/yaml_config.hpp"
+#include "tmoe/parallel/expert_parallel.hpp"
 
 namespace tmoe {
 
@@ -98,19 +99,50 @@ std::string save_checkpoint(io::CheckpointDir& dir, Tr& trainer, const nlohmann:
   // writes, and every rank learns whether it succeeded, so none goes on alone.
   const auto views = trainer.restartable_state();
   auto& par = trainer.parallel();
+  // Tensors by global name: [0] model, [1] optimizer. Under expert parallelism the first
+  // rank also writes the experts the rest of its expert group holds.
+  std::vector<io::TensorRef> refs[2];
+  auto add = [&](const std::string& name, const ParamInfo& p, int view, const M* data) {
+    const std::vector<std::int64_t> shape(p.shape.dims.begin(), p.shape.dims.begin() + p.shape.rank);
+    if (view == 0) refs[0].push_back({name, dtype, shape, data});
+    else refs[1].push_back({trainer.optimizer_slot_name(view - 1) + "." + name, dtype, shape, data});
+  };
+  for (std::size_t v = 0; v < views.size(); ++v)
+    for (const ParamInfo& p : reg.params()) add(p.name, p, static_cast<int>(v), views[v].data + p.offset);
+  std::vector<M> gathered;
+  if constexpr (requires { par.expert_parallel(); par.experts(); })
+    if (par.expert_parallel()) {
+      auto& grp = par.experts();
+      std::vector<int> ex;
+      std::int64_t per_view = 0;
+      for (int i = 0; i < reg.size(); ++i)
+        if (reg[i].has(kTagExpert)) {
+          ex.push_back(i);
+          per_view += reg[i].numel();
+        }
+      std::vector<M> mine;
+      for (const auto& v : views)
+        for (int i : ex) mine.insert(mine.end(), v.data + reg[i].offset, v.data + reg[i].offset + reg[i].numel());
+      gathered.resize(mine.size() * static_cast<std::size_t>(grp.size()));
+      grp.allgather(mine.data(), static_cast<std::int64_t>(mine.size()), gathered.data());
+      const std::int64_t el = cfg.model.n_experts / grp.size();
+      for (int q = 0; q < grp.size(); ++q) {
+        if (q == grp.rank()) continue;
+        const M* at = gathered.data() + static_cast<std::int64_t>(mine.size()) * q;
+        for (std::size_t v = 0; v < views.size(); ++v)
+          for (int i : ex) {
+            add(shift_expert_name(reg[i].name, (q - grp.rank()) * el), reg[i], static_cast<int>(v), at);
+            at += reg[i].numel();
+          }
+      }
+    }
   std::string folder, failure;
   if (par.is_root()) {
     try {
       folder = dir.save(trainer.step(), [&](const std::string& tmp) {
         const std::map<std::string, std::string> meta = {{"format", "tmoe"}, {"step", std::to_string(trainer.step())}};
-        io::save_params(tmp + "/model.safetensors", reg, views[0].data, meta);
-        std::vector<io::TensorRef> refs;
-        for (int s = 0; s < trainer.optimizer_slots(); ++s)
-          for (const ParamInfo& p : reg.params())
-            refs.push_back({trainer.optimizer_slot_name(s) + "." + p.name, dtype,
-                            std::vector<std::int64_t>(p.shape.dims.begin(), p.shape.dims.begin() + p.shape.rank),
-                            views[static_cast<std::size_t>(1 + s)].data + p.offset});
-        io::write_safetensors(tmp + "/optimizer.safetensors", refs, meta);
+        io::write_safetensors(tmp + "/model.safetensors", refs[0], meta);
+        io::write_safetensors(tmp + "/optimizer.safetensors", refs[1], meta);
         nlohmann::json st;
         st["step"] = trainer.step();
         st["seed"] = cfg.train.seed;
@@ -219,10 +251,10 @@ std::optional<ResumeInfo> resume_checkpoint(const io::CheckpointDir& dir, Tr& tr
   };
   check(model_file, "");
   for (int s = 0; s < trainer.optimizer_slots(); ++s) check(opt_file, trainer.optimizer_slot_name(s) + ".");
-  const std::size_t expected_tensors = reg.params().size() * static_cast<std::size_t>(trainer.optimizer_slots());
+  const std::size_t expected_tensors = static_cast<std::size_t>(reg.global_size()) * static_cast<std::size_t>(trainer.optimizer_slots());
   if (opt_file.names().size() != expected_tensors)
     throw Error(cat("optimizer file holds ", opt_file.names().size(), " tensors"), opt_file.path(),
-                cat(expected_tensors, " (", trainer.optimizer_slots(), " slots x ", reg.params().size(), " parameters)"));
+                cat(expected_tensors, " (", trainer.optimizer_slots(), " slots x ", reg.global_size(), " parameters)"));
   double scale = 1.0;
   std::int64_t good = 0;
   try {

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,7 @@
 #include "tmoe/core/philox.hpp"
 #include "tmoe/core/threading.hpp"
 #include "tmoe/parallel/data_parallel.hpp"
+#include "tmoe/parallel/expert_parallel.hpp"
 #include "tmoe/moe/plan.hpp"
 #include "tmoe/optim/clip.hpp"
 #include "tmoe/optim/schedule.hpp"
@@ -90,6 +92,21 @@ struct MemoryReport {
 // A source of micro-batches: fill (B, T) inputs and targets for global micro-batch index i.
 using BatchFn = std::function<void(std::int64_t i, std::int32_t* inputs, std::int32_t* targets)>;
 
+namespace detail {
+template <class Par, class T>
+struct exchange_of {
+  using type = ExpertSlots<T>;  // never made: a strategy without expert parallelism
+  static std::unique_ptr<ExpertSlots<T>> none() { return nullptr; }
+};
+template <class Par, class T>
+  requires requires { typename Par::CommType; }
+struct exchange_of<Par, T> {
+  using type = CommExchange<typename Par::CommType, T>;
+};
+}  // namespace detail
+template <class Par, class T>
+using CommExchangeOf = typename detail::exchange_of<Par, T>::type;
+
 template <class Model, class Opt, class Precision, class Parallel, class BackendP>
 class Trainer {
   static_assert(Optimizer<Opt>, "tmoe: Trainer<Model, Optimizer, ...>: the second argument is not an Optimizer "
@@ -125,12 +142,17 @@ class Trainer {
   static constexpr const char* precision_name() { return Precision::name; }
 
   explicit Trainer(const Config& cfg, Parallel parallel = {})
-      : cfg_(cfg), parallel_(std::move(parallel)), model_((cfg.validate(), cfg.model)), schedule_(cfg.train), ramp_(cfg.train) {
+      : cfg_(cfg), parallel_(std::move(parallel)), model_((cfg.validate(), layout(cfg.model))), schedule_(cfg.train),
+        ramp_(cfg.train) {
     opt_ = Opt::from_config(cfg.train);
     scaler_ = LossScaler::from_config(cfg.train, Precision::loss_scaling);
     const std::int64_t total = model_.registry().total();
     check_pieces();
-    std::tie(lo_, hi_) = parallel_.shard(total);
+    std::tie(lo_, hi_) = parallel_.shard(model_.registry());
+    if constexpr (requires { parallel_.template make_exchange<T>(model_.registry()); }) {
+      xchg_ = parallel_.template make_exchange<T>(model_.registry());
+      if (xchg_) model_.set_expert_exchange(static_cast<ExpertExchange<T>*>(xchg_.get()));
+    }
     for (int s = 0; s < opt_.used_slots(); ++s) state_[s].resize(Shape{hi_ - lo_});
     model_.init(cfg.train.seed);
     if constexpr (kSeparateMaster) {
@@ -148,6 +170,7 @@ class Trainer {
       const std::int64_t lo = reg[first].offset, hi = last < reg.size() ? reg[last].offset : reg.total();
       T* g = model_.grads();
       acc_.finish(g, g, lo, hi);
+      if (xchg_) xchg_->finish(g, lo, hi);
       finished_ += hi - lo;
       if constexpr (requires(Parallel& s, const ParamRegistry& r, T* gg) { s.grads_ready(r, gg, 0, 0); })
         parallel_.grads_ready(reg, g, first, last);
@@ -182,7 +205,7 @@ class Trainer {
   // shard and the shards are all-gathered.
   void publish() {
     if constexpr (kSeparateMaster) publish_range(master_.data() - lo_, lo_, hi_);
-    parallel_.gather_shards(model_.params(), model_.registry().total());
+    parallel_.gather_shards(model_.params(), model_.registry());
   }
 
   // Optimizer state: slot s (0 .. optimizer_slots()-1), laid out like the flat parameters.
@@ -233,11 +256,13 @@ class Trainer {
     std::vector<double> parts(static_cast<std::size_t>(3 * a));  // (total, ce, aux) of each local piece
     model_.zero_grad();
     acc_.reset(total);
+    if (xchg_) xchg_->begin_step();
     finished_ = 0;
     for (std::int64_t micro = 0; micro < a; ++micro) {
       const std::int64_t piece = mine0 + micro;
       batches(first + piece, inputs_.data(), targets_.data());
       model_.set_mode(true, tc.seed, step_, piece * b * t);
+      if (xchg_) xchg_->begin_micro();
       const LossParts lp = model_.forward(inputs_.data(), targets_.data(), b, t);
       last_micro_ = micro + 1 == a;
       model_.backward(st.loss_scale / static_cast<double>(pieces));
@@ -254,16 +279,20 @@ class Trainer {
       }
       if (micro + 1 < a) {
         acc_.add(g);
+        if (xchg_) xchg_->end_micro();
         model_.zero_grad();
       }
     }
     model_.set_mode(false);
-    if (finished_ == 0) acc_.finish(g, g, 0, total);  // a model without the gradient-ready hook
+    if (finished_ == 0) {  // a model without the gradient-ready hook
+      acc_.finish(g, g, 0, total);
+      if (xchg_) xchg_->finish(g, 0, total);
+    }
     else if (finished_ != total)
       throw Error(detail::cat("backward announced ", finished_, " of ", total, " gradient elements"), "Trainer::train_step",
                   "a model whose gradient-ready hook announces every parameter once per backward");
     st.tokens = pieces * b * t;
-    parallel_.reduce_gradients(g, total);
+    parallel_.reduce_gradients(g, model_.registry());
     reduce_stats(st, parts, pieces);
     if (gradient_hook_) gradient_hook_(g, total);
     st.lr = schedule_(step_);
@@ -312,6 +341,7 @@ class Trainer {
     model_.after_step([this](double* v, std::int64_t count) { parallel_.sum(v, count); });
     pull_buffers();
     st.comm = parallel_.counters();
+    if (xchg_) st.comm.bytes_sent += xchg_->take_bytes();
     return st;
   }
 
@@ -391,7 +421,7 @@ class Trainer {
       buf.resize(Shape{n});
       if (current) {
         std::copy_n(shard, hi_ - lo_, buf.data() + lo_);
-        parallel_.gather_shards(buf.data(), n);
+        parallel_.gather_shards(buf.data(), model_.registry());
       }
       return buf.data();
     };
@@ -420,6 +450,11 @@ class Trainer {
   void release_staging() { staging_.clear(); }
 
  private:
+  // The model this rank builds (its share of the experts under expert parallelism).
+  ModelConfig layout(const ModelConfig& m) const {
+    if constexpr (requires { parallel_.model_layout(m); }) return parallel_.model_layout(m);
+    else return m;
+  }
   // Steps must split into equal runs of pieces over the replicas.
   void check_pieces() const {
     const std::int64_t R = parallel_.size();
@@ -454,16 +489,47 @@ class Trainer {
       for (std::int64_t i = i0; i < i1; ++i) p[i] = static_cast<T>(src[i]);
     }
   }
-  // Σ g² over the whole reduced gradient, in the backend's fixed chunks: under ZeRO-1 each
-  // rank sums the chunks of its shard (shards are whole chunks) and the partial sums are
-  // gathered and added in chunk order, as one process adds them.
+  // Σ g² over the whole reduced gradient, summed the same way on every layout: each
+  // parameter in cells of kSumSquaresChunk elements (each cell in order, in double), its
+  // cells in order, then the parameters in global order. Under ZeRO-1 a rank sums the cells
+  // of its shard (shards are whole cells) and the cell sums are gathered; under expert
+  // parallelism the other experts' sums come from the expert group.
   double grad_sum_squares(const T* g) {
-    const std::int64_t total = model_.registry().total();
-    if (!parallel_.sharded()) return StoreBackend::sum_squares(g, total);
-    std::vector<double> part = sum_squares_chunks(g, lo_, hi_);
-    double s = 0;
-    for (double v : parallel_.gatherv(part)) s += v;
-    return s;
+    const ParamRegistry& reg = model_.registry();
+    std::vector<std::pair<std::int64_t, std::int64_t>> cells;  // [lo, hi) within [lo_, hi_)
+    std::vector<int> owner;                                     // registry index of each cell
+    for (int i = 0; i < reg.size(); ++i) {
+      const ParamInfo& p = reg[i];
+      const std::int64_t end = p.offset + p.numel();
+      for (std::int64_t c0 = p.offset; c0 < end; c0 += kSumSquaresChunk)
+        if (c0 >= lo_ && c0 < hi_) {
+          cells.emplace_back(c0, std::min(end, c0 + kSumSquaresChunk));
+          owner.push_back(i);
+        }
+    }
+    std::vector<double> part(cells.size(), 0.0);
+    parallel_for(static_cast<std::int64_t>(cells.size()), [&](std::int64_t c) {
+      double s = 0;
+      for (std::int64_t i = cells[c].first; i < cells[c].second; ++i) s += static_cast<double>(g[i]) * static_cast<double>(g[i]);
+      part[c] = s;
+    });
+    if (parallel_.sharded()) {  // every cell, in flat order; owners recomputed for all
+      part = parallel_.gatherv(part);
+      owner.clear();
+      for (int i = 0; i < reg.size(); ++i)
+        for (std::int64_t c0 = 0; c0 < reg[i].numel(); c0 += kSumSquaresChunk) owner.push_back(i);
+    }
+    std::vector<std::pair<int, double>> per_param;  // (global index, Σ g²)
+    for (std::size_t c = 0; c < part.size(); ++c) {
+      const int gi = reg[owner[c]].global_index;
+      if (per_param.empty() || per_param.back().first != gi) per_param.emplace_back(gi, 0.0);
+      per_param.back().second += part[c];
+    }
+    if constexpr (requires { parallel_.merge_expert_sums(per_param, reg); }) parallel_.merge_expert_sums(per_param, reg);
+    std::sort(per_param.begin(), per_param.end());
+    double total = 0;
+    for (const auto& [gi, v] : per_param) total += v;
+    return total;
   }
   // The gradient the optimizer sees, in the master type: elements [i0, i0 + n).
   const M* grad_view(const T* g, std::int64_t i0, std::int64_t n) {
@@ -554,6 +620,7 @@ class Trainer {
   Tensor<M> grad_tmp_;
   std::vector<Tensor<M>> staging_;  // full-size state of a save/resume under ZeRO-1
   PieceAccumulator<T> acc_;         // the step's pieces on this rank, summed along the tree
+  std::unique_ptr<CommExchangeOf<Parallel, T>> xchg_;  // expert parallelism (null without)
   std::int64_t lo_ = 0, hi_ = 0;    // this rank's shard of the flat parameters (ZeRO-1), or all
   std::int64_t finished_ = 0;       // gradient elements finished in the last backward
   bool last_micro_ = false;

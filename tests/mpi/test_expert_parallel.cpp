@@ -1,0 +1,188 @@
+// Expert parallelism (alone and with data parallelism) over MPI against one process on the
+// same global batch: every rank also runs the one-process trainer and compares, parameter by
+// parameter under its global name. With the fixed-order reduction and a power-of-two number
+// of micro-batches per rank and of expert ranks, losses, gradient norms and weights are
+// bitwise equal; checkpoints move between expert-parallel and one-process layouts.
+#define BOOST_TEST_MODULE expert_parallel
+#include "mpi_fixture.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include "../support/tiny.hpp"
+#include "tmoe/train/checkpointing.hpp"
+
+using namespace tmoe;
+using MpiFixture = tmoe::test::MpiFixture;
+BOOST_TEST_GLOBAL_FIXTURE(MpiFixture);
+
+namespace {
+
+using CapModel = DecoderLM<TransformerBlock<CausalAttention<Rope>, MoE<SwiGLU, TopK, CapacityFactor>>, RmsNorm>;
+using BiasModel = DecoderLM<TransformerBlock<CausalAttention<Rope>, MoE<SwiGLU, SigmoidBias, Dropless, Balancing<BiasUpdate>>>, RmsNorm>;
+using SeqModel = DecoderLM<TransformerBlock<CausalAttention<Rope>, MoE<TransformerExpert<>, TopK>>, RmsNorm>;
+
+template <class Model, class P, class Par>
+using Tr = Trainer<Model, StandardOptimizers, P, Par, backend::Cpu>;
+using Dp = DataParallel<comm::Mpi>;
+
+// data x expert = world; pieces_per_rank micro-batches on each of them.
+Config grid_config(int data, int expert, std::int64_t pieces_per_rank) {
+  Config c = test::tiny_train_config();
+  c.model.n_experts = 4;
+  c.train.batch_size = 2;
+  c.train.seq_len = 16;
+  c.train.grad_accum = pieces_per_rank * data * expert;
+  c.train.steps = 3;
+  c.train.grad_clip = 0.5;
+  c.parallel.data = data;
+  c.parallel.expert = expert;
+  return c;
+}
+
+struct Trace {
+  std::vector<double> loss, norm;
+  std::map<std::string, std::vector<double>> params, state;  // by global name
+  std::int64_t bytes = 0;
+};
+
+template <class Trainer>
+Trace run(Trainer& tr, std::int64_t steps) {
+  const auto& tc = tr.config().train;
+  const BatchFn batches = test::random_batches(tc.batch_size * tc.seq_len, tr.config().model.vocab_size);
+  Trace t;
+  for (std::int64_t s = 0; s < steps; ++s) {
+    const StepStats st = tr.train_step(batches);
+    t.loss.push_back(st.loss);
+    t.norm.push_back(st.grad_norm);
+    t.bytes += st.comm.bytes_sent;
+  }
+  const auto views = tr.restartable_state();
+  for (const ParamInfo& p : tr.model().registry().params()) {
+    t.params[p.name].assign(views[0].data + p.offset, views[0].data + p.offset + p.numel());
+    if (views.size() > 1) t.state[p.name].assign(views[1].data + p.offset, views[1].data + p.offset + p.numel());
+  }
+  tr.release_staging();
+  return t;
+}
+
+// got holds this rank's share; every tensor of it must equal ref's tensor of that name.
+void expect_bitwise(const Trace& ref, const Trace& got) {
+  BOOST_TEST(ref.loss == got.loss, boost::test_tools::per_element());
+  BOOST_TEST(ref.norm == got.norm, boost::test_tools::per_element());
+  std::size_t differ = 0, missing = 0;
+  for (const auto& [name, v] : got.params) {
+    auto it = ref.params.find(name);
+    if (it == ref.params.end()) {
+      ++missing;
+      continue;
+    }
+    differ += v != it->second;
+    differ += got.state.at(name) != ref.state.at(name);
+  }
+  BOOST_TEST(missing == 0u);
+  BOOST_TEST(differ == 0u, differ << " tensors differ");
+}
+
+template <class Model, class P = Fp32>
+void check_bitwise(const Config& c) {
+  Tr<Model, P, Serial> one(c);
+  const Trace ref = run(one, c.train.steps);
+  Tr<Model, P, Dp> many(c, Dp(comm::Mpi(), c));
+  const Trace got = run(many, c.train.steps);
+  // This rank holds n_experts / expert of each layer's experts, and moved rows.
+  const std::int64_t experts_here =
+      std::count_if(got.params.begin(), got.params.end(), [](const auto& kv) { return kv.first.find(".experts.") != std::string::npos; });
+  const std::int64_t experts_all =
+      std::count_if(ref.params.begin(), ref.params.end(), [](const auto& kv) { return kv.first.find(".experts.") != std::string::npos; });
+  BOOST_TEST(experts_here * c.parallel.expert == experts_all);
+  BOOST_TEST(got.bytes > 0);
+  expect_bitwise(ref, got);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(expert_parallel_alone_bitwise) {
+  const int R = test::world_size();
+  check_bitwise<test::MoeModel>(grid_config(1, R, 1));
+  check_bitwise<test::MoeModel>(grid_config(1, R, 2));
+}
+
+BOOST_AUTO_TEST_CASE(data_x_expert_bitwise) {
+  const int R = test::world_size();
+  if (R < 4) return;  // 2 x 2 needs four ranks (the np 2 run covers 1 x 2)
+  check_bitwise<test::MoeModel>(grid_config(2, 2, 1));
+  Config c = grid_config(2, 2, 2);
+  c.model.dropout = 0.1;
+  c.model.expert_dropout = "0.2";
+  c.model.expert_drop_rate = 0.1;
+  check_bitwise<test::MoeModel>(c);
+  check_bitwise<test::MoeModel, MixedBf16>(grid_config(2, 2, 1));
+}
+
+BOOST_AUTO_TEST_CASE(capacity_and_bias_update_bitwise) {
+  const int R = test::world_size();
+  Config c = grid_config(1, R, 1);
+  c.model.capacity_factor = 1.0;  // drops rows: capacity is per micro-batch, as in one process
+  check_bitwise<CapModel>(c);
+  c.model.bias_update_rate = 0.05;
+  check_bitwise<BiasModel>(c);
+}
+
+BOOST_AUTO_TEST_CASE(checkpoints_between_expert_parallel_and_one_process) {
+  const int R = test::world_size();
+  const std::string root = test::shared_temp_dir("ep_layouts");
+  Config c = grid_config(1, R, 1);
+  c.train.steps = 4;
+  Config one_cfg = c;
+  one_cfg.parallel = ParallelConfig{};
+  Tr<test::MoeModel, Fp32, Serial> straight(one_cfg);
+  const Trace ref = run(straight, 4);
+  const BatchFn batches = test::random_batches(c.train.batch_size * c.train.seq_len, c.model.vocab_size);
+  {  // expert-parallel: two steps, save (rank 0 writes every expert)
+    Tr<test::MoeModel, Fp32, Dp> a(c, Dp(comm::Mpi(), c));
+    a.train_step(batches);
+    a.train_step(batches);
+    io::CheckpointDir dir(root + "/ep", 3);
+    save_checkpoint(dir, a, nlohmann::json::object());
+  }
+  {  // one process resumes and continues
+    Tr<test::MoeModel, Fp32, Serial> b(one_cfg);
+    io::CheckpointDir dir(root + "/ep", 3);
+    BOOST_REQUIRE(resume_checkpoint(dir, b, nlohmann::json::object()));
+    const Trace t = run(b, 2);
+    BOOST_TEST(t.loss[1] == ref.loss[3]);
+    BOOST_TEST((t.params == ref.params));
+    BOOST_TEST((t.state == ref.state));
+  }
+  {  // expert-parallel resumes the same checkpoint
+    Tr<test::MoeModel, Fp32, Dp> d(c, Dp(comm::Mpi(), c));
+    io::CheckpointDir dir(root + "/ep", 3);
+    BOOST_REQUIRE(resume_checkpoint(dir, d, nlohmann::json::object()));
+    const Trace t = run(d, 2);
+    BOOST_TEST(t.loss[1] == ref.loss[3]);
+    expect_bitwise(Trace{ref.loss, ref.norm, ref.params, ref.state, 0}, Trace{ref.loss, ref.norm, t.params, t.state, 0});
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (test::world_rank() == 0) std::filesystem::remove_all(root);
+}
+
+BOOST_AUTO_TEST_CASE(unsupported_combinations_are_refused) {
+  const int R = test::world_size();
+  Config c = grid_config(1, R, 1);
+  c.parallel.zero = true;
+  try {
+    Dp d(comm::Mpi(), c);
+    BOOST_FAIL("ZeRO-1 with expert parallelism was accepted");
+  } catch (const Error& e) {
+    BOOST_TEST(std::string(e.what()).find("parallel.zero") != std::string::npos, e.what());
+  }
+  c.parallel.zero = false;
+  try {
+    Tr<SeqModel, Fp32, Dp> t(c, Dp(comm::Mpi(), c));
+    BOOST_FAIL("a sequence-aware expert under expert parallelism was accepted");
+  } catch (const Error& e) {
+    BOOST_TEST(std::string(e.what()).find("TransformerExpert") != std::string::npos, e.what());
+  }
+}
