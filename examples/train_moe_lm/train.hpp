@@ -186,9 +186,10 @@ int train_main(const Options& opt) {
               static_cast<long long>(moe_layers), static_cast<long long>(cfg.model.n_layers),
               static_cast<long long>(cfg.model.n_shared_experts), static_cast<long long>(model.registry().count()),
               static_cast<double>(model.registry().count()) / 1e6, threads());
-  std::printf("grid: %d ranks = %s; %s reduction%s, gradient buckets of %.3g MiB\n", world.size(),
+  std::printf("grid: %d ranks = %s; %s reduction%s%s, gradient buckets of %.3g MiB\n", world.size(),
               trainer.parallel().grid().describe().c_str(), cfg.parallel.reduction.c_str(),
               trainer.parallel().sharded() ? ", ZeRO-1 (optimizer state and master weights sharded)" : "",
+              cfg.parallel.powersgd_rank > 0 ? detail::cat(", PowerSGD rank ", cfg.parallel.powersgd_rank).c_str() : "",
               cfg.parallel.bucket_mb);
   const MemoryReport mem = trainer.memory_report();
   auto mib = [](std::int64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };

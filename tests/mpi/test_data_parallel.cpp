@@ -84,6 +84,8 @@ void check_bitwise(const Config& c) {
   const Trace got = run(many, c.train.steps);
   BOOST_TEST(got.bytes > 0);  // the replicas did exchange gradients
   expect_bitwise(ref, got);
+  const BatchFn batches = test::random_batches(c.train.batch_size * c.train.seq_len, c.model.vocab_size);
+  BOOST_TEST(one.evaluate(batches, 3) == many.evaluate(batches, 3));
 }
 
 }  // namespace

@@ -99,6 +99,10 @@ void check_bitwise(const Config& c) {
   BOOST_TEST(experts_here * c.parallel.expert == experts_all);
   BOOST_TEST(got.bytes > 0);
   expect_bitwise(ref, got);
+  // Evaluation: three batches over the ranks (some ranks run a batch twice: under expert
+  // parallelism every forward is a collective), summed in batch order.
+  const BatchFn batches = test::random_batches(c.train.batch_size * c.train.seq_len, c.model.vocab_size);
+  BOOST_TEST(one.evaluate(batches, 3) == many.evaluate(batches, 3));
 }
 
 }  // namespace

@@ -474,6 +474,7 @@ struct ParallelConfig {
   std::string reduction = "fixed"; // fixed: bitwise, tree order; native: the MPI library's sum
   double bucket_mb = 4;            // gradient bucket size (MiB): each is reduced as soon as backward finishes it
   bool zero = false;               // ZeRO-1: optimizer state and master weights sharded over data-parallel ranks
+  std::int64_t powersgd_rank = 0;  // PowerSGD gradient compression of rank r across replicas; 0 = off
 
   static constexpr auto fields() {
     using C = ParallelConfig;
@@ -484,7 +485,8 @@ struct ParallelConfig {
         field("pipeline", &C::pipeline, "pipeline stages (must divide model.n_layers)"),
         field("reduction", &C::reduction, "fixed (bitwise equal to one process) | native (MPI's own sum)"),
         field("bucket_mb", &C::bucket_mb, "gradient bucket size in MiB (reduced while backward runs)"),
-        field("zero", &C::zero, "ZeRO-1: shard optimizer state and master weights over data-parallel ranks"));
+        field("zero", &C::zero, "ZeRO-1: shard optimizer state and master weights over data-parallel ranks"),
+        field("powersgd_rank", &C::powersgd_rank, "PowerSGD: compress the replicas' gradient matrices to rank r; 0 = off"));
   }
   void validate() const {
     if (data < 0) throw Error(detail::cat("data is ", data), "parallel.data", "0 (the rest of the world) or a positive rank count");
@@ -492,6 +494,8 @@ struct ParallelConfig {
       if (v < 1) throw Error(detail::cat("size is ", v), n, "a positive rank count");
     if (reduction != "fixed" && reduction != "native")
       throw Error("reduction is '" + reduction + "'", "parallel.reduction", "fixed or native");
+    if (powersgd_rank < 0)
+      throw Error(detail::cat("powersgd_rank is ", powersgd_rank), "parallel.powersgd_rank", "0 (off) or a rank >= 1");
     if (!(bucket_mb > 0) || !std::isfinite(bucket_mb))
       throw Error(detail::cat("bucket_mb is ", bucket_mb), "parallel.bucket_mb", "a positive size in MiB");
   }

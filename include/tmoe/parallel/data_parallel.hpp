@@ -23,7 +23,13 @@
 // global norm is summed in the same cells as in one process. A replica keeps optimizer state and master weights for its shard
 // only, receives only its shard of the reduced gradient, updates it, and the updated
 // weights are all-gathered.
+//
+// PowerSGD (parallel.powersgd_rank = r): the replicas' gradient matrices are sent as rank-r
+// factors with error feedback (parallel/powersgd.hpp) once backward is done, instead of in
+// buckets; everything else is summed exactly. Not bitwise equal to one process (that is the
+// point of compression); the step's bytes with and without it are both counted.
 #include <chrono>
+#include <optional>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -37,6 +43,7 @@
 #include "tmoe/parallel/comm/comm.hpp"
 #include "tmoe/parallel/expert_parallel.hpp"
 #include "tmoe/parallel/grid.hpp"
+#include "tmoe/parallel/powersgd.hpp"
 #include "tmoe/parallel/tree_sum.hpp"
 
 namespace tmoe {
@@ -45,6 +52,7 @@ namespace tmoe {
 struct CommCounters {
   std::int64_t bytes_sent = 0;   // logical payload this rank sent (segments it gave away)
   std::int64_t gradient_elements = 0;
+  std::int64_t bytes_uncompressed = 0;  // what the replicas' reduction would have sent without PowerSGD
   double wait_s = 0;             // wall time inside blocking waits and collectives
   void clear() { *this = {}; }
 };
@@ -98,6 +106,22 @@ class DataParallel {
     if (zero_ && grid_.expert > 1)
       throw Error("parallel.zero with parallel.expert > 1", "parallel.zero",
                   "ZeRO-1 with data parallelism only (sharding the expert-data groups is not available yet)");
+    if (cfg.parallel.powersgd_rank > 0) {
+      if (zero_ || grid_.expert > 1)
+        throw Error("parallel.powersgd_rank with parallel.zero or parallel.expert > 1", "parallel.powersgd_rank",
+                    "PowerSGD with plain data parallelism (no ZeRO-1, no expert parallelism)");
+      psgd_f_.emplace(static_cast<int>(cfg.parallel.powersgd_rank), cfg.train.seed);
+      psgd_d_.emplace(static_cast<int>(cfg.parallel.powersgd_rank), cfg.train.seed);
+    }
+  }
+  bool compressed() const { return psgd_f_.has_value() && size() > 1; }
+  // The loss scale the next gradients carry: PowerSGD's error feedback is rescaled with it.
+  void set_loss_scale(double s) {
+    if (compressed() && loss_scale_ > 0 && s != loss_scale_) {
+      psgd_f_->scale_error(s / loss_scale_);
+      psgd_d_->scale_error(s / loss_scale_);
+    }
+    loss_scale_ = s;
   }
 
   const ProcessGrid& grid() const { return grid_; }
@@ -167,6 +191,7 @@ class DataParallel {
   // expert-data group; each kind fills its own buckets.
   template <class T>
   void grads_ready(const ParamRegistry& reg, T* g, int first, int last) {
+    if (compressed()) return;  // PowerSGD reduces the whole gradient at the end
     for (int i = last; i-- > first;) {  // backward's order: high offsets first
       const std::int64_t lo = reg[i].offset, hi = i + 1 < reg.size() ? reg[i + 1].offset : reg.total();
       const int kind = expert_parallel() && reg[i].has(kTagExpert) ? 1 : 0;
@@ -183,6 +208,14 @@ class DataParallel {
   template <class T>
   void reduce_gradients(T* g, const ParamRegistry& reg) {
     const std::int64_t n = reg.total();
+    if (compressed()) {
+      auto& p = psgd<T>();
+      timed([&] { p.reduce(reg, g, n, replicas_, red_); });
+      counters_.bytes_sent += p.bytes_sent();
+      counters_.bytes_uncompressed += p.uncompressed_bytes();
+      counters_.gradient_elements += n;
+      return;
+    }
     for (int kind : {0, 1})
       if (open_[kind].hi > open_[kind].lo) flush(g, reg, kind);
     if (covered_ == 0) grads_ready(reg, g, 0, reg.size());  // a model without the hook
@@ -262,6 +295,11 @@ class DataParallel {
     counters_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   C& group(int kind) { return kind == 1 ? expert_data_ : replicas_; }
+  template <class T>
+  PowerSgd<T>& psgd() {
+    if constexpr (std::is_same_v<T, float>) return *psgd_f_;
+    else return *psgd_d_;
+  }
   static int reg_index_of(const ParamRegistry& reg, int global_index) {
     // Registries are in global order with gaps (skipped experts): binary search.
     int lo = 0, hi = reg.size();
@@ -312,6 +350,9 @@ class DataParallel {
   Open open_[2];
   std::int64_t covered_ = 0;
   std::vector<std::pair<std::int64_t, std::int64_t>> expert_ranges_;
+  std::optional<PowerSgd<float>> psgd_f_;
+  std::optional<PowerSgd<double>> psgd_d_;
+  double loss_scale_ = 0;
   CommCounters counters_;
 };
 

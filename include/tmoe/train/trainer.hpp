@@ -292,6 +292,7 @@ class Trainer {
       throw Error(detail::cat("backward announced ", finished_, " of ", total, " gradient elements"), "Trainer::train_step",
                   "a model whose gradient-ready hook announces every parameter once per backward");
     st.tokens = pieces * b * t;
+    if constexpr (requires { parallel_.set_loss_scale(1.0); }) parallel_.set_loss_scale(st.loss_scale);
     parallel_.reduce_gradients(g, model_.registry());
     reduce_stats(st, parts, pieces);
     if (gradient_hook_) gradient_hook_(g, total);
@@ -352,10 +353,12 @@ class Trainer {
     const std::int64_t R = parallel_.size(), per = (count + R - 1) / R;
     std::vector<double> mine(static_cast<std::size_t>(per), 0.0);
     for (std::int64_t j = 0; j < per; ++j) {
+      // Every rank runs the same number of forwards (under expert parallelism each is a
+      // collective); a rank past the end repeats a batch and drops the result.
       const std::int64_t i = j * R + parallel_.rank();
-      if (i >= count) break;
-      batches(i, inputs_.data(), targets_.data());
-      mine[static_cast<std::size_t>(j)] = model_.forward(inputs_.data(), targets_.data(), cfg_.train.batch_size, cfg_.train.seq_len).ce;
+      batches(i < count ? i : i % count, inputs_.data(), targets_.data());
+      const double ce = model_.forward(inputs_.data(), targets_.data(), cfg_.train.batch_size, cfg_.train.seq_len).ce;
+      mine[static_cast<std::size_t>(j)] = i < count ? ce : 0.0;
     }
     const std::vector<double> all = parallel_.gather(mine);  // [rank][j]: batch j R + rank
     double s = 0;
