@@ -34,6 +34,7 @@
 #include "tmoe/optim/sign_momentum.hpp"
 #include "tmoe/optim/clip.hpp"
 #include "tmoe/optim/schedule.hpp"
+#include "tmoe/parallel/comm/serial.hpp"
 #include "tmoe/parallel/serial.hpp"
 #include "tmoe/precision/loss_scaler.hpp"
 #include "tmoe/precision/narrow.hpp"

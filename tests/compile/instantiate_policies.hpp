@@ -34,7 +34,7 @@ template void tmoe::TopK::backward_token<TMOE_TEST_REAL>(const RouterParams&, co
                                                          const TMOE_TEST_REAL*, TMOE_TEST_REAL*);
 template void tmoe::AdamW::update<TMOE_TEST_REAL>(TMOE_TEST_REAL*, const TMOE_TEST_REAL*, TMOE_TEST_REAL**,
                                                   std::int64_t, double, double, std::int64_t) const;
-template void tmoe::Serial::reduce_gradients<TMOE_TEST_REAL>(TMOE_TEST_REAL*, std::int64_t);
+template void tmoe::Serial::reduce_gradients<TMOE_TEST_REAL>(TMOE_TEST_REAL*, const ParamRegistry&);
 template struct tmoe::TransformerBlock<CausalAttention<Rope>, MoE<SwiGLU, TopK>>::impl<TMOE_TEST_REAL, backend::Cpu,
                                                                                      RmsNorm>;
 template class tmoe::DecoderLM<test::MoeBlock, RmsNorm>::impl<TMOE_TEST_REAL, backend::Cpu>;

@@ -10,6 +10,7 @@
 // power of two in number, this is the node of the one-process tree over those e a pieces;
 // the expert-data group then adds the d nodes along the tree — bitwise the one-process sum.
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -65,6 +66,7 @@ class ExpertSlots : public ExpertExchange<T> {
 
   // Bytes sent to other ranks since the last call (the derived transport counts them).
   virtual std::int64_t take_bytes() { return 0; }
+  virtual double take_wait_s() { return 0; }  // time inside the all-to-alls since the last call
 
   // The step's bookkeeping, called by the trainer.
   void begin_step() {
@@ -115,14 +117,18 @@ class CommExchange final : public ExpertSlots<T> {
   int size() const override { return group_.size(); }
   int rank() const override { return group_.rank(); }
   void alltoallv(const T* send, std::span<const std::int64_t> sc, T* recv, std::span<const std::int64_t> rc) override {
+    const auto t0 = std::chrono::steady_clock::now();
     group_.alltoallv(send, sc, recv, rc);
+    wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (auto c : sc) bytes_ += c * static_cast<std::int64_t>(sizeof(T));
     for (int q = 0; q < size(); ++q)
       if (q == rank()) bytes_ -= sc[static_cast<std::size_t>(q)] * static_cast<std::int64_t>(sizeof(T));
   }
   void alltoallv(const std::int64_t* send, std::span<const std::int64_t> sc, std::int64_t* recv,
                  std::span<const std::int64_t> rc) override {
+    const auto t0 = std::chrono::steady_clock::now();
     group_.alltoallv(send, sc, recv, rc);
+    wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (int q = 0; q < size(); ++q)
       if (q != rank()) bytes_ += sc[static_cast<std::size_t>(q)] * 8;
   }
@@ -131,10 +137,16 @@ class CommExchange final : public ExpertSlots<T> {
     bytes_ = 0;
     return b;
   }
+  double take_wait_s() override {
+    const double w = wait_s_;
+    wait_s_ = 0;
+    return w;
+  }
 
  private:
   C group_;
   std::int64_t bytes_ = 0;  // sent to other ranks since the last take_bytes()
+  double wait_s_ = 0;       // inside the all-to-alls since the last take_wait_s()
 };
 
 }  // namespace tmoe

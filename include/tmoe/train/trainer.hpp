@@ -146,7 +146,6 @@ class Trainer {
         ramp_(cfg.train) {
     opt_ = Opt::from_config(cfg.train);
     scaler_ = LossScaler::from_config(cfg.train, Precision::loss_scaling);
-    const std::int64_t total = model_.registry().total();
     check_pieces();
     std::tie(lo_, hi_) = parallel_.shard(model_.registry());
     if constexpr (requires { parallel_.template make_exchange<T>(model_.registry()); }) {
@@ -342,7 +341,10 @@ class Trainer {
     model_.after_step([this](double* v, std::int64_t count) { parallel_.sum(v, count); });
     pull_buffers();
     st.comm = parallel_.counters();
-    if (xchg_) st.comm.bytes_sent += xchg_->take_bytes();
+    if (xchg_) {
+      st.comm.bytes_sent += xchg_->take_bytes();
+      st.comm.wait_s += xchg_->take_wait_s();
+    }
     return st;
   }
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The distributed benchmark of docs/scaling.md: the same global batch (4 micro-batches of
+# 4 x 256 tokens, bench_train_step's model) on 1, 2 and 4 ranks (4 oversubscribes a 2-core
+# machine), for data parallel, ZeRO-1, native reduction, PowerSGD, expert parallel and
+# data x expert; then the PyTorch DDP peer (gloo) on the same ranks.
+#   bench/run_parallel_bench.sh [BUILD_DIR] > results.jsonl
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${1:-$root/build}
+bin=$build/bench/bench_parallel
+mpirun=(mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1)
+steps=${STEPS:-6}
+run() { local np=$1; shift; "${mpirun[@]}" -np "$np" "$bin" --steps "$steps" --warmup 2 "$@"; }
+run 1
+for np in 2 4; do
+  run $np
+  run $np parallel.zero=true
+  run $np parallel.reduction=native
+  run $np parallel.powersgd_rank=4
+  run $np parallel.expert=$np
+done
+run 4 parallel.data=2 parallel.expert=2
+# One rank with both cores, for reference.
+"${mpirun[@]/OMP_NUM_THREADS=1/OMP_NUM_THREADS=2}" -np 1 "$bin" --steps "$steps" --warmup 2
+# The PyTorch peer: DDP over gloo, the same global batch.
+/usr/bin/python3 "$root/bench/peer_torch_ddp.py" --ranks 1 2 4 --threads-per-rank 1 --steps "$steps" --warmup 2 \
+  --batch 4 --seq 256 --global-micro 4
