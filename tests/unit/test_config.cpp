@@ -29,6 +29,7 @@ void for_each_section(Cfg& cfg, F&& f) {
   f("train", cfg.train);
   f("data", cfg.data);
   f("checkpoint", cfg.checkpoint);
+  f("parallel", cfg.parallel);
 }
 
 // Calls f(key, value&) for every field of every section.

@@ -10,6 +10,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -242,6 +243,10 @@ class MpiSession {
     int init = 0;
     MPI_Initialized(&init);
     if (!init) {
+      // Started without mpirun (a singleton): PMIx would keep its key-value store in
+      // shared-memory files, which fail under a file-size limit or a full /dev/shm, so a
+      // one-process run could not start where it otherwise would. Use its in-memory store.
+      if (!std::getenv("OMPI_COMM_WORLD_SIZE") && !std::getenv("PMIX_RANK")) ::setenv("PMIX_MCA_gds", "hash", 0);
       int provided = 0;
       detail::check(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
       owned_ = true;
