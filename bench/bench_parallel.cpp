@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "gemm_peak.hpp"
+#include "reference_model.hpp"
 #include "tmoe/io/yaml_config.hpp"
 #include "tmoe/parallel/comm/mpi.hpp"
 #include "tmoe/tmoe.hpp"
@@ -73,18 +74,9 @@ int run(int argc, char** argv) {
   }
   Config cfg;
   // The reference shape of bench_train_step, with a global batch of 4 micro-batches.
-  cfg.model.vocab_size = 256;
-  cfg.model.context = 256;
-  cfg.model.d_model = 256;
-  cfg.model.n_layers = 4;
-  cfg.model.n_heads = 8;
-  cfg.model.n_experts = 8;
-  cfg.model.top_k = 2;
-  cfg.model.d_expert = 512;
+  bench::reference_model(cfg);
   cfg.train.batch_size = 4;
-  cfg.train.seq_len = 256;
   cfg.train.grad_accum = 4;
-  cfg.train.steps = 1000;
   for (const char* o : overrides) io::apply_override(cfg, o);
   cfg.validate();
   const std::int64_t b = cfg.train.batch_size, t = cfg.train.seq_len;
@@ -98,18 +90,7 @@ int run(int argc, char** argv) {
   world.broadcast(&peak, 1, 0);
 
   Train tr(cfg, Par(world, cfg));
-  std::vector<std::int32_t> data(1 << 16);
-  for (std::size_t i = 0; i < data.size(); ++i)
-    data[i] = static_cast<std::int32_t>(RngKey{7, 0, 0, 0}.bits(i) % static_cast<std::uint32_t>(cfg.model.vocab_size));
-  BatchFn batches = [&](std::int64_t piece, std::int32_t* in, std::int32_t* tg) {
-    for (std::int64_t r = 0; r < b; ++r) {
-      const std::int64_t start = (piece * 977 + r * 4099) % static_cast<std::int64_t>(data.size() - t - 1);
-      for (std::int64_t j = 0; j < t; ++j) {
-        in[r * t + j] = data[start + j];
-        tg[r * t + j] = data[start + j + 1];
-      }
-    }
-  };
+  const BatchFn batches = bench::reference_batches(cfg);
   for (std::int64_t i = 0; i < warmup; ++i) tr.train_step(batches);
   std::vector<double> times;
   double bytes = 0, wait = 0, bytes_uncompressed = 0, loss = 0;

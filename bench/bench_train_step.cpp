@@ -18,6 +18,7 @@
 #include "tmoe/io/yaml_config.hpp"
 #include "tmoe/tmoe.hpp"
 #include "gemm_peak.hpp"
+#include "reference_model.hpp"
 
 using namespace tmoe;
 using Clock = std::chrono::steady_clock;
@@ -90,33 +91,13 @@ int main(int argc, char** argv) {
     Config cfg;
     // The reference shape of the benchmark (issue 2): vocab 256, context 256, d_model 256,
     // 4 layers, 8 heads, MoE in every layer with 8 SwiGLU experts of hidden 512, top-2, batch 8.
-    cfg.model.vocab_size = 256;
-    cfg.model.context = 256;
-    cfg.model.d_model = 256;
-    cfg.model.n_layers = 4;
-    cfg.model.n_heads = 8;
-    cfg.model.n_experts = 8;
-    cfg.model.top_k = 2;
-    cfg.model.d_expert = 512;
+    bench::reference_model(cfg);
     cfg.train.batch_size = 8;
-    cfg.train.seq_len = 256;
-    cfg.train.steps = 1000;
     for (std::size_t i = 1; i < overrides.size(); ++i) io::apply_override(cfg, overrides[i]);
     cfg.validate();
     const std::int64_t b = cfg.train.batch_size, t = cfg.train.seq_len;
 
-    std::vector<std::int32_t> data(1 << 16);
-    for (std::size_t i = 0; i < data.size(); ++i)
-      data[i] = static_cast<std::int32_t>(RngKey{7, 0, 0, 0}.bits(i) % static_cast<std::uint32_t>(cfg.model.vocab_size));
-    BatchFn batches = [&](std::int64_t step, std::int32_t* in, std::int32_t* tg) {
-      for (std::int64_t r = 0; r < b; ++r) {
-        const std::int64_t start = (step * 977 + r * 4099) % static_cast<std::int64_t>(data.size() - t - 1);
-        for (std::int64_t j = 0; j < t; ++j) {
-          in[r * t + j] = data[start + j];
-          tg[r * t + j] = data[start + j + 1];
-        }
-      }
-    };
+    const BatchFn batches = bench::reference_batches(cfg);
 
     std::printf("# tmoe bench_train_step: vocab %lld ctx %lld d_model %lld layers %lld heads %lld experts %lld "
                 "top-%lld d_expert %lld batch %lld x %lld\n",

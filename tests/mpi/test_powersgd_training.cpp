@@ -28,18 +28,7 @@ Result train(std::int64_t powersgd_rank) {
   c.train.grad_accum = test::world_size();
   c.parallel.powersgd_rank = powersgd_rank;
   Trainer<test::MoeModel, AdamW, Fp32, Dp, backend::Cpu> tr(c, Dp(comm::Mpi(), c));
-  const std::int64_t b = c.train.batch_size, t = c.train.seq_len;
-  // Each token determined by the one before it (tests/unit/test_training.cpp).
-  BatchFn batches = [&](std::int64_t i, std::int32_t* in, std::int32_t* tg) {
-    for (std::int64_t r = 0; r < b; ++r) {
-      std::int32_t x = static_cast<std::int32_t>((i * 7 + r * 3) % 16);
-      for (std::int64_t j = 0; j <= t; ++j) {
-        if (j < t) in[r * t + j] = x;
-        if (j > 0) tg[r * t + j - 1] = x;
-        x = (x * 5 + 3) % 16;
-      }
-    }
-  };
+  const BatchFn batches = test::learnable_batches(c.train.batch_size, c.train.seq_len);
   Result res;
   for (std::int64_t s = 0; s < c.train.steps; ++s) {
     const StepStats st = tr.train_step(batches);

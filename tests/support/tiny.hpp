@@ -47,6 +47,21 @@ inline BatchFn random_batches(std::int64_t tokens, std::int64_t vocab) {
   };
 }
 
+// A learnable toy language for convergence checks: each of 16 tokens determines the next
+// (x -> 5x + 3 mod 16); micro-batch i, row r starts at (7i + 3r) mod 16. (B, T) rows.
+inline BatchFn learnable_batches(std::int64_t b, std::int64_t t) {
+  return [b, t](std::int64_t i, std::int32_t* in, std::int32_t* tg) {
+    for (std::int64_t r = 0; r < b; ++r) {
+      std::int32_t x = static_cast<std::int32_t>((i * 7 + r * 3) % 16);
+      for (std::int64_t j = 0; j <= t; ++j) {
+        if (j < t) in[r * t + j] = x;
+        if (j > 0) tg[r * t + j - 1] = x;
+        x = (x * 5 + 3) % 16;
+      }
+    }
+  };
+}
+
 using MoeBlock = TransformerBlock<CausalAttention<Rope>, MoE<SwiGLU, TopK>>;
 using MoeModel = DecoderLM<MoeBlock, RmsNorm>;
 

@@ -16,17 +16,7 @@ BOOST_AUTO_TEST_CASE(loss_falls_on_a_learnable_sequence) {
   c.train.steps = 60;
   c.train.grad_accum = 2;
   Trainer<test::MoeModel, AdamW, Fp32, Serial, backend::Cpu> tr(c);
-  const std::int64_t b = c.train.batch_size, t = c.train.seq_len;
-  BatchFn batches = [&](std::int64_t i, std::int32_t* in, std::int32_t* tg) {
-    for (std::int64_t r = 0; r < b; ++r) {
-      std::int32_t x = static_cast<std::int32_t>((i * 7 + r * 3) % 16);
-      for (std::int64_t j = 0; j <= t; ++j) {
-        if (j < t) in[r * t + j] = x;
-        if (j > 0) tg[r * t + j - 1] = x;
-        x = (x * 5 + 3) % 16;
-      }
-    }
-  };
+  const BatchFn batches = test::learnable_batches(c.train.batch_size, c.train.seq_len);
   double first = 0, last = 0;
   for (std::int64_t s = 0; s < c.train.steps; ++s) {
     const auto st = tr.train_step(batches);

@@ -5,26 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <vector>
 
 namespace tmoe {
 
-// Σ x² is summed in chunks of this many elements (each chunk in order, in double), then
-// the chunk sums in order: the backends' sum_squares and a sharded sum agree bitwise.
+// The gradient norm is summed in cells of this many elements (Trainer::grad_sum_squares;
+// ZeRO-1 shards are whole cells).
 inline constexpr std::int64_t kSumSquaresChunk = std::int64_t{1} << 14;
-
-// The chunk sums of x[lo, hi) (lo a multiple of kSumSquaresChunk).
-template <class T>
-std::vector<double> sum_squares_chunks(const T* x, std::int64_t lo, std::int64_t hi) {
-  std::vector<double> out;
-  for (std::int64_t c = lo; c < hi; c += kSumSquaresChunk) {
-    double s = 0;
-    for (std::int64_t i = c, e = std::min(hi, c + kSumSquaresChunk); i < e; ++i)
-      s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-    out.push_back(s);
-  }
-  return out;
-}
 
 template <class B, class T>
 double clip_grad_norm(T* g, std::int64_t n, double max_norm, double sum_squares_total) {

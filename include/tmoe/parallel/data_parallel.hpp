@@ -51,7 +51,6 @@ namespace tmoe {
 // Bytes and waiting time of one step's communication, as this rank saw them.
 struct CommCounters {
   std::int64_t bytes_sent = 0;   // logical payload this rank sent (segments it gave away)
-  std::int64_t gradient_elements = 0;
   std::int64_t bytes_uncompressed = 0;  // what the replicas' reduction would have sent without PowerSGD
   double wait_s = 0;             // wall time inside blocking waits and collectives
   void clear() { *this = {}; }
@@ -143,9 +142,6 @@ class DataParallel {
   template <class T>
   std::unique_ptr<CommExchange<C, T>> make_exchange(const ParamRegistry& reg) {
     if (!expert_parallel()) return nullptr;
-    expert_ranges_.clear();
-    for (int i = 0; i < reg.size(); ++i)
-      if (reg[i].has(kTagExpert)) expert_ranges_.emplace_back(reg[i].offset, i + 1 < reg.size() ? reg[i + 1].offset : reg.total());
     return std::make_unique<CommExchange<C, T>>(experts_, reg);
   }
   // Adds to `sums` (global parameter index, Σ g²) the entries the other ranks of the expert
@@ -177,12 +173,15 @@ class DataParallel {
 
   // The elements of the flat buffer this rank updates: its ZeRO-1 shard, or all.
   std::pair<std::int64_t, std::int64_t> shard(const ParamRegistry& reg) const {
-    const auto b = shard_bounds(reg);
+    const auto& b = shard_bounds(reg);
     return sharded() ? std::pair{b[static_cast<std::size_t>(rank())], b[static_cast<std::size_t>(rank()) + 1]}
                      : std::pair{std::int64_t{0}, reg.total()};
   }
-  std::vector<std::int64_t> shard_bounds(const ParamRegistry& reg) const {
-    return sharded() ? cell_shards(reg, size()) : std::vector<std::int64_t>{0, reg.total()};
+  // Computed once: every bucket and every gather asks (the registry does not change).
+  const std::vector<std::int64_t>& shard_bounds(const ParamRegistry& reg) const {
+    if (bounds_.empty() || bounds_.back() != reg.total())
+      bounds_ = sharded() ? cell_shards(reg, size()) : std::vector<std::int64_t>{0, reg.total()};
+    return bounds_;
   }
 
   // --- gradients --------------------------------------------------------------------------
@@ -213,7 +212,6 @@ class DataParallel {
       timed([&] { p.reduce(reg, g, n, replicas_, red_); });
       counters_.bytes_sent += p.bytes_sent();
       counters_.bytes_uncompressed += p.uncompressed_bytes();
-      counters_.gradient_elements += n;
       return;
     }
     for (int kind : {0, 1})
@@ -236,7 +234,6 @@ class DataParallel {
       for (auto& p : gathers) p.wait();
     }
     counters_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    counters_.gradient_elements += n;
     buckets_.clear();
     covered_ = 0;
   }
@@ -245,7 +242,7 @@ class DataParallel {
   template <class T>
   void gather_shards(T* x, const ParamRegistry& reg) {
     if (!sharded()) return;
-    const auto b = shard_bounds(reg);
+    const auto& b = shard_bounds(reg);
     counters_.bytes_sent += (b[rank() + 1] - b[rank()]) * (size() - 1) * static_cast<std::int64_t>(sizeof(T));
     timed([&] { replicas_.iallgather(x, std::span<const std::int64_t>(b)).wait(); });
   }
@@ -316,7 +313,7 @@ class DataParallel {
     Bucket b;
     b.kind = kind;
     if (sharded()) {
-      const auto s = shard_bounds(reg);
+      const auto& s = shard_bounds(reg);
       b.bounds.resize(s.size());
       for (std::size_t i = 0; i < s.size(); ++i) b.bounds[i] = std::clamp(s[i], o.lo, o.hi);
     } else {
@@ -349,10 +346,10 @@ class DataParallel {
   std::vector<Bucket> buckets_;
   Open open_[2];
   std::int64_t covered_ = 0;
-  std::vector<std::pair<std::int64_t, std::int64_t>> expert_ranges_;
   std::optional<PowerSgd<float>> psgd_f_;
   std::optional<PowerSgd<double>> psgd_d_;
   double loss_scale_ = 0;
+  mutable std::vector<std::int64_t> bounds_;  // shard_bounds' cache
   CommCounters counters_;
 };
 

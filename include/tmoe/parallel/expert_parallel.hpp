@@ -52,10 +52,6 @@ class ExpertSlots : public ExpertExchange<T> {
     acc_.resize(static_cast<std::size_t>(P));
     for (auto& s : slots_) s.resize(Shape{std::max<std::int64_t>(n_, 1)});
   }
-  bool is_expert(std::int64_t flat) const {
-    const Range* r = find(flat);
-    return r && flat >= r->lo && flat < r->hi;
-  }
 
   T* slot(int source, std::int64_t lo, std::int64_t hi) override {
     const Range* r = find(lo);

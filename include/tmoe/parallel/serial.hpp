@@ -18,7 +18,6 @@ struct Serial {
   bool sharded() const { return false; }
   bool is_root() const { return true; }
   std::pair<std::int64_t, std::int64_t> shard(const ParamRegistry& reg) const { return {0, reg.total()}; }
-  std::vector<std::int64_t> shard_bounds(const ParamRegistry& reg) const { return {0, reg.total()}; }
   template <class T>
   void reduce_gradients(T*, const ParamRegistry&) {}
   template <class T>

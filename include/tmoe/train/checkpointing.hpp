@@ -153,7 +153,13 @@ std::string save_checkpoint(io::CheckpointDir& dir, Tr& trainer, const nlohmann:
         st["dtype"] = dtype;
         st["precision"] = Tr::precision_name();
         st["optimizer"] = trainer.optimizer_name();
-        st["parameters"] = reg.count();
+        std::int64_t count = 0;  // the whole model's, whatever this rank holds
+        for (const io::TensorRef& r : refs[0]) {
+          std::int64_t n = 1;
+          for (auto d : r.shape) n *= d;
+          count += n;
+        }
+        st["parameters"] = count;
         st["grid"] = par.size() > 1 ? nlohmann::json(detail::cat(par.size(), " replicas")) : nlohmann::json("1 process");
         st["config_yaml"] = io::to_yaml(cfg);
         st["model_config_xxh64"] = xxh64(detail::field_lines(cfg.model));

@@ -96,7 +96,6 @@ namespace detail {
 template <class Par, class T>
 struct exchange_of {
   using type = ExpertSlots<T>;  // never made: a strategy without expert parallelism
-  static std::unique_ptr<ExpertSlots<T>> none() { return nullptr; }
 };
 template <class Par, class T>
   requires requires { typename Par::CommType; }

@@ -34,7 +34,7 @@ struct ReduceOps {
   // Σ x[i]² over a vector, in fixed chunks, accumulated in double.
   template <class T>
   static double sum_squares(const T* x, std::int64_t n) {
-    constexpr std::int64_t kChunk = 1 << 14;  // = kSumSquaresChunk (optim/clip.hpp)
+    constexpr std::int64_t kChunk = 1 << 14;
     const std::int64_t chunks = (n + kChunk - 1) / kChunk;
     std::vector<double> partial(static_cast<std::size_t>(chunks), 0.0);
     parallel_for(chunks, [&](std::int64_t c) {
