@@ -198,3 +198,15 @@ BOOST_AUTO_TEST_CASE(validation_runs_after_overrides) {
   expect_error([] { load_args({"prog", "model.top_k=9"}); }, {"model.top_k", "n_experts"});
   expect_error([] { load_args({"prog", "train.seq_len=100000"}); }, {"train.seq_len"});
 }
+
+// The parallel section's values are checked when the config is loaded (the grid against
+// the world size and the model is checked by ProcessGrid::make; tests/compile and
+// tests/mpi cover it).
+BOOST_AUTO_TEST_CASE(parallel_section_values) {
+  expect_error([&] { load_args({"prog", "parallel.data=-1"}); }, {"parallel.data", "data is -1"});
+  expect_error([&] { load_args({"prog", "parallel.expert=0"}); }, {"parallel.expert", "size is 0", "a positive rank count"});
+  expect_error([&] { load_args({"prog", "parallel.pipeline=-2"}); }, {"parallel.pipeline", "size is -2"});
+  expect_error([&] { load_args({"prog", "parallel.reduction=ring"}); }, {"parallel.reduction", "'ring'", "fixed or native"});
+  expect_error([&] { load_args({"prog", "parallel.bucket_mb=0"}); }, {"parallel.bucket_mb", "a positive size in MiB"});
+  expect_error([&] { load_args({"prog", "parallel.powersgd_rank=-1"}); }, {"parallel.powersgd_rank", "0 (off) or a rank >= 1"});
+}
