@@ -34,8 +34,8 @@ using Train = Trainer<Model, AdamW, Fp32, Par, backend::Cpu>;
 
 // The cost model's bytes per rank per step (docs/scaling.md), fp32 gradients and weights.
 struct Theory {
-  double dense = 0, experts = 0, all_to_all = 0;
-  double total() const { return dense + experts + all_to_all; }
+  double dense = 0, experts = 0, all_to_all = 0, tensor = 0, pipeline = 0;
+  double total() const { return dense + experts + all_to_all + tensor + pipeline; }
 };
 
 Theory theory(const Config& cfg, const Train& tr) {
@@ -59,6 +59,23 @@ Theory theory(const Config& cfg, const Train& tr) {
     double moe_layers = 0;
     for (std::int64_t l = 0; l < cfg.model.n_layers; ++l) moe_layers += cfg.model.is_moe_layer(l);
     t.all_to_all = micro * moe_layers * rows * (e - 1) / e * (4.0 * cfg.model.d_model * 4 + 8);
+  }
+  const double micro = static_cast<double>(cfg.train.grad_accum) / R, n = static_cast<double>(cfg.train.batch_size * cfg.train.seq_len);
+  const double c = static_cast<double>(cfg.model.d_model), layers = static_cast<double>(tr.model().n_layers());
+  if (g.tensor > 1) {
+    // Per layer and micro-batch, four all-reduces (ring: 2 (T-1)/T of the vector each):
+    // attention output and input gradient (N C each), the experts' outputs (N k C, or N C
+    // for a dense FFN) and the FFN input gradient (N C). A pipeline stage's recomputed
+    // forwards repeat the forward ones.
+    const double ffn_out = Model::block_policy::ffn_policy::is_moe ? n * static_cast<double>(cfg.model.top_k) : n;
+    const double forwards = g.pipeline > 1 && g.pipeline_rank + 1 < g.pipeline ? 2.0 : 1.0;
+    const double T = g.tensor;
+    t.tensor = micro * layers * 2.0 * (T - 1) / T * 4.0 * c * (forwards * (n + ffn_out) + 2.0 * n);
+  }
+  if (g.pipeline > 1) {
+    // Each micro-batch's activations (N C) go to the next stage and their gradients back.
+    const int s = g.pipeline_rank, S = g.pipeline;
+    t.pipeline = micro * n * c * 4.0 * ((s + 1 < S ? 1.0 : 0.0) + (s > 0 ? 1.0 : 0.0));
   }
   return t;
 }
@@ -117,22 +134,31 @@ int run(int argc, char** argv) {
     mean_wait += all[3 * q + 1] / world.size();
     mean_unc += all[3 * q + 2] / world.size();
   }
-  const Theory th = theory(cfg, tr);
+  // The model's bytes for each rank (stages and slices differ), averaged like the measured.
+  const Theory mine = theory(cfg, tr);
+  double tv[5] = {mine.dense, mine.experts, mine.all_to_all, mine.tensor, mine.pipeline};
+  world.allreduce_sum(tv, 5, comm::Reduction::kFixed);
+  const Theory th{tv[0] / world.size(), tv[1] / world.size(), tv[2] / world.size(), tv[3] / world.size(), tv[4] / world.size()};
+  // FLOPs per token: each rank's share (its stage, its slices) summed over one replica.
+  double fl = tr.model().flops_per_token(t) / static_cast<double>(tr.parallel().grid().replicas());
+  world.allreduce_sum(&fl, 1, comm::Reduction::kFixed);
   if (world.rank() == 0) {
     const double tokens = static_cast<double>(cfg.train.grad_accum * b * t);
     const double tok_s = tokens / step_s;
-    const double flops = tr.model().flops_per_token(t);
+    const double flops = fl;
     std::printf("{\"impl\": \"tmoe\", \"ranks\": %d, \"grid\": \"%s\", \"reduction\": \"%s\", \"zero\": %s, "
                 "\"powersgd_rank\": %lld, \"threads_per_rank\": %d, \"global_tokens_per_step\": %.0f, "
                 "\"tokens_per_s\": %.1f, \"step_ms\": %.1f, \"comm_wait_ms\": %.1f, \"compute_ms\": %.1f, "
                 "\"bytes_per_rank\": %.0f, \"bytes_per_rank_max\": %.0f, \"bytes_per_rank_theory\": %.0f, "
                 "\"theory_dense\": %.0f, \"theory_experts\": %.0f, \"theory_all_to_all\": %.0f, "
+                "\"theory_tensor\": %.0f, \"theory_pipeline\": %.0f, "
                 "\"bytes_per_rank_uncompressed\": %.0f, \"mfu\": %.4f, \"peak_gflops\": %.1f, \"cores\": %d, "
                 "\"loss\": %.4f}\n",
                 world.size(), tr.parallel().grid().describe().c_str(), cfg.parallel.reduction.c_str(),
                 cfg.parallel.zero ? "true" : "false", static_cast<long long>(cfg.parallel.powersgd_rank), threads(),
                 tokens, tok_s, 1e3 * step_s, 1e3 * mean_wait, 1e3 * (step_s - mean_wait), mean_bytes, max_bytes,
-                th.total(), th.dense, th.experts, th.all_to_all, mean_unc, tok_s * flops / (peak * 1e9), peak, used, loss);
+                th.total(), th.dense, th.experts, th.all_to_all, th.tensor, th.pipeline, mean_unc, tok_s * flops / (peak * 1e9), peak,
+                used, loss);
     std::fflush(stdout);
   }
   return 0;

@@ -179,13 +179,14 @@ int train_main(const Options& opt) {
   using Ffn = typename Model::block_policy::ffn_policy;
   std::int64_t moe_layers = 0;
   for (std::int64_t l = 0; l < cfg.model.n_layers; ++l) moe_layers += cfg.model.is_moe_layer(l);
+  const std::int64_t n_params = trainer.parameter_count();  // the whole model's, on any grid
   std::printf("model: preset %s = %s<%s, %s>, expert %s, router %s, capacity %s; %lld of %lld layers MoE, %lld "
               "shared experts; %lld parameters (%.2f M), %d threads\n",
               opt.preset.c_str(), Model::name, Model::block_policy::name, Model::norm_policy::name,
               Ffn::expert_policy::name, Ffn::router_policy::name, Ffn::capacity_policy::name,
               static_cast<long long>(moe_layers), static_cast<long long>(cfg.model.n_layers),
-              static_cast<long long>(cfg.model.n_shared_experts), static_cast<long long>(model.registry().count()),
-              static_cast<double>(model.registry().count()) / 1e6, threads());
+              static_cast<long long>(cfg.model.n_shared_experts), static_cast<long long>(n_params),
+              static_cast<double>(n_params) / 1e6, threads());
   std::printf("grid: %d ranks = %s; %s reduction%s%s, gradient buckets of %.3g MiB\n", world.size(),
               trainer.parallel().grid().describe().c_str(), cfg.parallel.reduction.c_str(),
               trainer.parallel().sharded() ? ", ZeRO-1 (optimizer state and master weights sharded)" : "",
@@ -299,10 +300,12 @@ int train_main(const Options& opt) {
   std::printf("final validation loss %.4f nats/token = %.3f x unigram entropy %.4f (%s 0.65)\n", val, val / entropy,
               entropy, val / entropy <= 0.65 ? "<=" : ">");
   if (!tc.save_weights.empty()) {
-    const auto state = trainer.restartable_state();  // whole weights (gathered under ZeRO-1)
-    if (root) io::save_params(tc.save_weights, model.registry(), state[0].data, {{"format", "tmoe"}});
-    trainer.release_staging();
+    save_weights(tc.save_weights, trainer, {{"format", "tmoe"}});  // whole tensors, from every rank's share
     std::printf("weights written to %s\n", tc.save_weights.c_str());
+  }
+  if (cfg.parallel.pipeline > 1) {
+    std::printf("\nsample: not drawn under pipeline parallelism (sample from a checkpoint in one process)\n");
+    return 0;
   }
   const std::string prompt_text = "The ";
   const auto out = trainer.generate(detok.encode(prompt_text), tc.sample_tokens, tc.sample_temperature, tc.seed);

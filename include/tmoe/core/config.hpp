@@ -75,6 +75,12 @@ struct ModelConfig {
   // rank and size the trainer builds this rank's share of the model for. A rank declares
   // experts [ep_rank E / ep_size, (ep_rank + 1) E / ep_size) of each MoE layer.
   std::int64_t ep_rank = 0, ep_size = 1;
+  // Tensor parallelism: this rank holds heads [tp_rank H / tp_size, ...) and the same share
+  // of every feed-forward hidden width (column/row-parallel linears).
+  std::int64_t tp_rank = 0, tp_size = 1;
+  // Pipeline parallelism: this rank holds blocks [pp_rank L / pp_size, (pp_rank + 1) L /
+  // pp_size); the first stage the embeddings, the last the final norm and the head.
+  std::int64_t pp_rank = 0, pp_size = 1;
 
   static constexpr auto fields() {
     using C = ModelConfig;

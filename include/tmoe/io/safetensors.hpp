@@ -515,10 +515,11 @@ inline void check_params(const SafetensorsFile& file, const ParamRegistry& regis
   for (auto& p : registry.params()) {
     const std::string name = prefix + p.name;
     const TensorInfo& info = file.info(name);
-    const std::vector<std::int64_t> want(p.shape.dims.begin(), p.shape.dims.begin() + p.shape.rank);
+    // The whole tensor (a tensor-parallel rank holds a slice of it).
+    const std::vector<std::int64_t> want(p.full.dims.begin(), p.full.dims.begin() + p.full.rank);
     if (info.shape != want)
       throw Error("model parameter has shape " + detail::shape_str(info.shape) + " in the checkpoint",
-                  file.path() + ": tensor '" + name + "'", "shape " + p.shape.str() + " as the model declares");
+                  file.path() + ": tensor '" + name + "'", "shape " + p.full.str() + " as the model declares");
     if (!detail::is_float_dtype(info.dtype))
       throw Error("model parameter has dtype " + info.dtype + " in the checkpoint",
                   file.path() + ": tensor '" + name + "'", "dtype F32, F64, BF16 or F16");
@@ -546,7 +547,16 @@ template <class T>
   requires std::floating_point<T>
 void load_params(const SafetensorsFile& file, const ParamRegistry& registry, T* flat, const std::string& prefix = "") {
   check_params(file, registry, prefix);
-  for (auto& p : registry.params()) file.read_into(prefix + p.name, flat + p.offset);
+  std::vector<T> whole;
+  for (auto& p : registry.params()) {
+    if (!p.is_split()) {
+      file.read_into(prefix + p.name, flat + p.offset);
+      continue;
+    }
+    whole.resize(static_cast<std::size_t>(p.full.numel()));  // a tensor-parallel rank's slice
+    file.read_into(prefix + p.name, whole.data());
+    take_share(p, whole.data(), flat + p.offset);
+  }
 }
 
 }  // namespace tmoe::io

@@ -20,6 +20,7 @@
 #include "tmoe/core/philox.hpp"
 #include "tmoe/core/registry.hpp"
 #include "tmoe/layers/norm.hpp"
+#include "tmoe/layers/tensor_group.hpp"
 #include "tmoe/models/recompute.hpp"
 #include "tmoe/moe/plan.hpp"
 #include "tmoe/moe/routing.hpp"
@@ -51,33 +52,88 @@ struct DecoderLM {
     using value_type = T;
     using backend = B;
 
+    // Under pipeline parallelism (cfg.pp_size > 1) this rank builds one stage: blocks
+    // [first_layer(), first_layer() + n_layers()), the first stage the embeddings, the last
+    // the final norm and the head; the parameters of the other stages are counted
+    // (ParamRegistry::skip), so names and global indices stay the whole model's.
     explicit impl(const ModelConfig& cfg) : cfg_(cfg) {
       cfg_.validate();
-      const std::int64_t v = cfg.vocab_size, c = cfg.d_model;
-      wte_.index = registry_.add("embed.weight", Shape{v, c}, kTagEmbedding, Init::kNormal, cfg.init_std);
-      if constexpr (positions::learned)
-        wpe_.index = registry_.add("pos_embed.weight", Shape{cfg.context, c}, kTagPosition, Init::kNormal, cfg.init_std);
-      blocks_.resize(static_cast<std::size_t>(cfg.n_layers));
-      block_first_.resize(static_cast<std::size_t>(cfg.n_layers + 1));
-      for (std::int64_t l = 0; l < cfg.n_layers; ++l) {
-        block_first_[static_cast<std::size_t>(l)] = registry_.size();
-        blocks_[static_cast<std::size_t>(l)].declare(registry_, "layers." + std::to_string(l), cfg, l);
+      const std::int64_t v = cfg.vocab_size, c = cfg.d_model, L = cfg.n_layers, P = cfg.pp_size;
+      if (P < 1 || L % P != 0 || cfg.pp_rank < 0 || cfg.pp_rank >= P)
+        throw Error(detail::cat("pipeline stage ", cfg.pp_rank, " of ", P, " for ", L, " layers"), "DecoderLM",
+                    "a pipeline size that divides model.n_layers");
+      if (P > 1 && cfg.tie_embeddings)
+        throw Error("model.tie_embeddings = true under pipeline parallelism", "parallel.pipeline",
+                    "model.tie_embeddings = false (the head and the embedding live on different stages)");
+      first_stage_ = cfg.pp_rank == 0;
+      last_stage_ = cfg.pp_rank == P - 1;
+      l0_ = cfg.pp_rank * (L / P);
+      const std::int64_t l1 = l0_ + L / P;
+      auto elsewhere = [&](auto&& declare_into) {
+        ParamRegistry other;
+        declare_into(other);
+        registry_.skip(other.size());
+      };
+      auto declare_embeddings = [&](ParamRegistry& r) {
+        const int w = r.add("embed.weight", Shape{v, c}, kTagEmbedding, Init::kNormal, cfg.init_std);
+        int p = -1;
+        if constexpr (positions::learned)
+          p = r.add("pos_embed.weight", Shape{cfg.context, c}, kTagPosition, Init::kNormal, cfg.init_std);
+        return std::pair{w, p};
+      };
+      if (first_stage_) std::tie(wte_.index, wpe_.index) = declare_embeddings(registry_);
+      else elsewhere(declare_embeddings);
+      blocks_.resize(static_cast<std::size_t>(L / P));
+      block_first_.resize(static_cast<std::size_t>(L / P + 1));
+      for (std::int64_t l = 0; l < L; ++l) {
+        const std::string bname = "layers." + std::to_string(l);
+        if (l >= l0_ && l < l1) {
+          block_first_[static_cast<std::size_t>(l - l0_)] = registry_.size();
+          blocks_[static_cast<std::size_t>(l - l0_)].declare(registry_, bname, cfg, l);
+        } else {
+          elsewhere([&](ParamRegistry& r) { BlockImpl{}.declare(r, bname, cfg, l); });
+        }
       }
       block_first_.back() = registry_.size();
-      final_norm_.declare(registry_, "final_norm", c, cfg.norm_eps);
-      final_norm_end_ = registry_.size();
-      if (!cfg.tie_embeddings)
-        head_.index = registry_.add("head.weight", Shape{v, c}, kTagHead, Init::kNormal, cfg.init_std);
+      auto declare_top = [&](ParamRegistry& r, typename Norm::template impl<T, B>& norm) {
+        norm.declare(r, "final_norm", c, cfg.norm_eps);
+        return cfg.tie_embeddings ? -1 : r.add("head.weight", Shape{v, c}, kTagHead, Init::kNormal, cfg.init_std);
+      };
+      if (last_stage_) {
+        head_.index = declare_top(registry_, final_norm_);
+      } else {
+        elsewhere([&](ParamRegistry& r) {
+          typename Norm::template impl<T, B> other;
+          declare_top(r, other);
+        });
+      }
+      final_norm_end_ = head_ ? head_.index : registry_.size();
       params_.resize(Shape{registry_.total()});
       grads_.resize(Shape{registry_.total()});
       T *p = params_.data(), *g = grads_.data();
-      wte_.bind(registry_, p, g);
+      if (wte_) wte_.bind(registry_, p, g);
       if (wpe_) wpe_.bind(registry_, p, g);
       for (auto& b : blocks_) b.bind(registry_, p, g);
-      final_norm_.bind(registry_, p, g);
+      if (last_stage_) final_norm_.bind(registry_, p, g);
       if (head_) head_.bind(registry_, p, g);
       set_recompute(recompute_mode(cfg_));
     }
+
+    // Pipeline parallelism: this stage's place. A stage other than the first takes its input
+    // (B·T, C) from set_stage_input() before forward; one other than the last computes no
+    // loss and leaves its output in stage_output(), and takes the gradient of that output
+    // from set_stage_output_grad() before backward; after backward, stage_input_grad() holds
+    // the gradient of its input (stages other than the first).
+    bool first_stage() const { return first_stage_; }
+    bool last_stage() const { return last_stage_; }
+    std::int64_t first_layer() const { return l0_; }
+    void set_stage_input(const T* x) { stage_in_ = x; }
+    void set_stage_output_grad(const T* dy) { stage_dout_ = dy; }
+    const T* stage_output() const { return res_.back().data(); }
+    const T* stage_input_grad() const { return dres_[stage_cur_].data(); }
+    // The next forwards re-run an earlier one (the pipeline recomputes a micro-batch's
+    // activations before its backward): same results, no statistics counted twice.
+    void set_recompute_pass(bool on) { mode_.recompute = on; }
 
     // Activation recomputation (models/recompute.hpp); model.recompute sets it at construction.
     void set_recompute(RecomputeMode r) {
@@ -94,7 +150,7 @@ struct DecoderLM {
     // full recomputation, the largest single block's (only one is alive at a time).
     std::int64_t activation_bytes(std::int64_t b, std::int64_t t) const {
       const std::int64_t n = b * t, c = cfg_.d_model, v = cfg_.vocab_size, sz = static_cast<std::int64_t>(sizeof(T));
-      std::int64_t bytes = sz * ((cfg_.n_layers + 1) * n * c + 4 * n * c + 2 * n * v + n) +
+      std::int64_t bytes = sz * ((n_layers() + 1) * n * c + 4 * n * c + 2 * n * v + n) +
                            Norm::template impl<T, B>::activation_bytes(n);
       std::int64_t sum = 0, largest = 0;
       for (const auto& blk : blocks_) {
@@ -117,7 +173,7 @@ struct DecoderLM {
         for (std::int64_t j = 0; j < pi.numel(); ++j)
           w[j] = pi.init == Init::kOnes ? T(1)
                : pi.init == Init::kZeros ? T(0)
-                                         : static_cast<T>(pi.init_std * key.normal(static_cast<std::uint64_t>(j)));
+                                         : static_cast<T>(pi.init_std * key.normal(static_cast<std::uint64_t>(pi.full_index(j))));
       }
     }
     void zero_grad() {
@@ -160,6 +216,20 @@ struct DecoderLM {
           if (!b.uses_dense()) b.ffn.set_expert_exchange(x);
     }
 
+    // Tensor parallelism: attention heads and feed-forward hidden units are split over the
+    // group (the model must have been built with ModelConfig::tp_size = its size).
+    void set_tensor_group(TensorGroup<T>* g) {
+      const std::int64_t size = g ? g->size() : 1;
+      if (size != cfg_.tp_size)
+        throw Error(detail::cat("a tensor group of ", size, " ranks for a model built for ", cfg_.tp_size), "DecoderLM::set_tensor_group",
+                    "the model built for this tensor-parallel layout (ModelConfig::tp_size)");
+      for (auto& b : blocks_) {
+        b.attn.set_tensor_group(g);
+        if (b.uses_dense()) b.dense.set_tensor_group(g);
+        else b.ffn.set_tensor_group(g);
+      }
+    }
+
     // After each optimizer step: the MoE layers' bias updates (aux-loss-free balancing).
     // `sum(double* values, count)` adds a vector over the ranks (nothing to do in one process).
     template <class SumFn>
@@ -186,23 +256,33 @@ struct DecoderLM {
       t_ = t;
       ids_ = ids;
       targets_ = targets;
-      res_.resize(static_cast<std::size_t>(cfg_.n_layers + 1));
+      res_.resize(blocks_.size() + 1);
       for (auto& r : res_) r.ensure(Shape{n, c});
-      hf_.ensure(Shape{n, c});
-      logits_.ensure(Shape{n, v});
-      B::embedding_forward(ids, wte_.w, wpe_ ? wpe_.w : static_cast<const T*>(nullptr), res_[0].data(), n, t, c);
+      if (first_stage_) {
+        B::embedding_forward(ids, wte_.w, wpe_ ? wpe_.w : static_cast<const T*>(nullptr), res_[0].data(), n, t, c);
+      } else {
+        if (!stage_in_)
+          throw Error("a pipeline stage's forward without its input", "DecoderLM::forward", "set_stage_input() first");
+        std::copy_n(stage_in_, n * c, res_[0].data());
+      }
       for (std::size_t l = 0; l < blocks_.size(); ++l) {
         RouteContext ctx = mode_;
         ctx.tokens = ids;
-        ctx.layer = static_cast<std::int64_t>(l);
+        ctx.layer = l0_ + static_cast<std::int64_t>(l);
         blocks_[l].forward(res_[l].data(), res_[l + 1].data(), b, t, ctx);
         if (recompute_ == RecomputeMode::kFull) blocks_[l].release();
       }
+      LossParts lp;
+      for (auto& blk : blocks_) lp.aux += blk.loss();
+      if (!last_stage_) {
+        lp.total = lp.aux;
+        return lp;
+      }
+      hf_.ensure(Shape{n, c});
+      logits_.ensure(Shape{n, v});
       final_norm_.forward(res_.back().data(), hf_.data(), n);
       const T* hw = head_ ? head_.w : wte_.w;
       B::gemm(B::Trans::kNo, B::Trans::kYes, n, v, c, T(1), hf_.data(), hw, T(0), logits_.data());
-      LossParts lp;
-      for (auto& blk : blocks_) lp.aux += blk.loss();
       if (targets) {
         row_loss_.ensure(Shape{n});
         lp.ce = B::cross_entropy_forward(logits_.data(), targets, row_loss_.data(), n, v) / static_cast<double>(n);
@@ -215,18 +295,25 @@ struct DecoderLM {
     void backward(double grad_scale = 1.0) {
       if (!targets_) throw Error("backward without targets", "DecoderLM::backward", "forward(ids, targets, ...) first");
       const std::int64_t n = b_ * t_, c = cfg_.d_model, v = cfg_.vocab_size;
-      dlogits_.ensure(Shape{n, v});
-      dh_.ensure(Shape{n, c});
       dres_[0].ensure(Shape{n, c});
       dres_[1].ensure(Shape{n, c});
-      B::cross_entropy_backward(logits_.data(), targets_, dlogits_.data(), n, v, grad_scale / static_cast<double>(n));
-      const T* hw = head_ ? head_.w : wte_.w;
-      T* hg = head_ ? head_.g : wte_.g;
-      B::gemm(B::Trans::kNo, B::Trans::kNo, n, c, v, T(1), dlogits_.data(), hw, T(0), dh_.data());
-      B::gemm(B::Trans::kYes, B::Trans::kNo, v, c, n, T(1), dlogits_.data(), hf_.data(), T(1), hg);
-      if (head_) ready(head_.index, head_.index + 1);
-      final_norm_.backward(dh_.data(), dres_[0].data(), n, false);
-      ready(block_first_.back(), final_norm_end_);
+      if (last_stage_) {
+        dlogits_.ensure(Shape{n, v});
+        dh_.ensure(Shape{n, c});
+        B::cross_entropy_backward(logits_.data(), targets_, dlogits_.data(), n, v, grad_scale / static_cast<double>(n));
+        const T* hw = head_ ? head_.w : wte_.w;
+        T* hg = head_ ? head_.g : wte_.g;
+        B::gemm(B::Trans::kNo, B::Trans::kNo, n, c, v, T(1), dlogits_.data(), hw, T(0), dh_.data());
+        B::gemm(B::Trans::kYes, B::Trans::kNo, v, c, n, T(1), dlogits_.data(), hf_.data(), T(1), hg);
+        if (head_) ready(head_.index, head_.index + 1);
+        final_norm_.backward(dh_.data(), dres_[0].data(), n, false);
+        ready(block_first_.back(), final_norm_end_);
+      } else {
+        if (!stage_dout_)
+          throw Error("a pipeline stage's backward without its output's gradient", "DecoderLM::backward",
+                      "set_stage_output_grad() first");
+        std::copy_n(stage_dout_, n * c, dres_[0].data());
+      }
       int cur = 0;
       for (std::size_t l = blocks_.size(); l-- > 0;) {
         if (recompute_ == RecomputeMode::kFull) {
@@ -234,7 +321,7 @@ struct DecoderLM {
           // products, Philox masks keyed as before), written over the same output.
           RouteContext ctx = mode_;
           ctx.tokens = ids_;
-          ctx.layer = static_cast<std::int64_t>(l);
+          ctx.layer = l0_ + static_cast<std::int64_t>(l);
           ctx.recompute = true;
           blocks_[l].forward(res_[l].data(), res_[l + 1].data(), b_, t_, ctx);
         }
@@ -243,8 +330,11 @@ struct DecoderLM {
         ready(block_first_[l], block_first_[l + 1]);
         cur = 1 - cur;
       }
-      B::embedding_backward(ids_, dres_[cur].data(), wte_.g, wpe_ ? wpe_.g : static_cast<T*>(nullptr), n, t_, c);
-      ready(0, block_first_[0]);
+      stage_cur_ = cur;
+      if (first_stage_) {
+        B::embedding_backward(ids_, dres_[cur].data(), wte_.g, wpe_ ? wpe_.g : static_cast<T*>(nullptr), n, t_, c);
+        ready(0, block_first_[0]);
+      }
     }
 
     const ModelConfig& config() const { return cfg_; }
@@ -254,6 +344,7 @@ struct DecoderLM {
     T* grads() { return grads_.data(); }
     const T* grads() const { return grads_.data(); }
     const T* logits() const { return logits_.data(); }  // (B, T, V) of the last forward
+    // Blocks of this rank (all of them, or one pipeline stage's: layer first_layer() + l).
     std::int64_t n_layers() const { return static_cast<std::int64_t>(blocks_.size()); }
     BlockImpl& block(std::int64_t l) { return blocks_[static_cast<std::size_t>(l)]; }
     // Token counts per expert of layer l's last forward (empty for a dense layer).
@@ -277,11 +368,15 @@ struct DecoderLM {
     }
 
     // Model FLOPs per token for a sequence of length t (DESIGN.md performance model):
-    // 6 N_active + 6 L t C (causal attention, halved).
+    // 6 N_active + 6 L t C (causal attention, halved). Under tensor and pipeline parallelism,
+    // this rank's share: its stage's layers, its slice of each (the replicated head once per
+    // tensor group), so that the ranks of one replica add up to the model's.
     double flops_per_token(std::int64_t t) const {
-      double active = static_cast<double>(cfg_.vocab_size * cfg_.d_model);  // head
-      for (auto& b : blocks_) active += static_cast<double>(b.attn.weights_per_token() + b.ffn_active_weights());
-      return 6.0 * active + 6.0 * static_cast<double>(cfg_.n_layers * t * cfg_.d_model);
+      const double tp = static_cast<double>(cfg_.tp_size);
+      double active = last_stage_ ? static_cast<double>(cfg_.vocab_size * cfg_.d_model) / tp : 0.0;  // head
+      for (auto& b : blocks_)
+        active += static_cast<double>(b.attn.weights_per_token()) + static_cast<double>(b.ffn_active_weights()) / tp;
+      return 6.0 * active + 6.0 * static_cast<double>(n_layers() * t * cfg_.d_model) / tp;
     }
 
    private:
@@ -303,6 +398,11 @@ struct DecoderLM {
     std::int64_t b_ = 0, t_ = 0;
     std::vector<int> block_first_;  // registry index of each block's first parameter (+ end)
     int final_norm_end_ = 0;
+    bool first_stage_ = true, last_stage_ = true;  // pipeline parallelism: this stage's place
+    std::int64_t l0_ = 0;                           // index of this stage's first block
+    const T* stage_in_ = nullptr;                   // a later stage's input (B·T, C)
+    const T* stage_dout_ = nullptr;                 // an earlier stage's output gradient
+    int stage_cur_ = 0;                             // which dres_ holds the input gradient
     GradReadyHook grad_ready_;
     RouteContext mode_;
     RecomputeMode recompute_ = RecomputeMode::kNone;

@@ -44,6 +44,7 @@
 #include "tmoe/moe/capacity.hpp"
 #include "tmoe/moe/experts/expert_shape.hpp"
 #include "tmoe/moe/expert_exchange.hpp"
+#include "tmoe/layers/tensor_group.hpp"
 #include "tmoe/moe/plan.hpp"
 #include "tmoe/moe/routers/topk.hpp"
 #include "tmoe/moe/routing.hpp"
@@ -152,6 +153,7 @@ struct MoE {
     Tensor<T> egates;                         // (A) gates after the drop and rescaling
     // expert parallelism: this rank holds experts [x0, x0 + el); rows travel by all-to-all
     ExpertExchange<T>* xchg = nullptr;
+    TensorGroup<T>* tg = nullptr;  // tensor parallelism (null: one rank)
     std::int64_t x0 = 0, el = 0;
     std::vector<std::pair<std::int64_t, std::int64_t>> xrange;  // flat gradient range of each local expert
     T* gbase = nullptr;
@@ -194,6 +196,13 @@ struct MoE {
         if (cfg.ep_size > 1)
           throw Error("a sequence-aware expert (TransformerExpert) under expert parallelism", "parallel.expert",
                       "parallel.expert = 1 for this expert policy (its rows would need their sequences' segments)");
+      if constexpr (detail::SequenceAwareExpert<ExpertP>)
+        if (cfg.tp_size > 1)
+          throw Error("a sequence-aware expert (TransformerExpert) under tensor parallelism", "parallel.tensor",
+                      "parallel.tensor = 1 for this expert policy (SwiGLU and GeluFFN experts split their hidden units)");
+      // Tensor parallelism: every expert (routed and shared) holds a slice of its hidden units.
+      eshape.tp_size = static_cast<int>(cfg.tp_size);
+      eshape.tp_rank = static_cast<int>(cfg.tp_rank);
       el = cfg.n_experts / cfg.ep_size;
       x0 = cfg.ep_rank * el;
       experts.resize(static_cast<std::size_t>(el));
@@ -237,6 +246,10 @@ struct MoE {
       xchg = x;
     }
     bool ep_on() const { return xchg && xchg->size() > 1; }
+    // Tensor parallelism: the experts' partial outputs are summed over the group before they
+    // are combined (so the gates' gradients see whole outputs), and the partial input
+    // gradient before the replicated router adds its own.
+    void set_tensor_group(TensorGroup<T>* g) { tg = g; }
 
     // in, out: (N, C)
     void forward(const T* in, T* out, std::int64_t rows, const RouteContext& context = {}) {
@@ -280,8 +293,12 @@ struct MoE {
         if constexpr (requires { ex.set_dropout(ExpertDropout{}); }) ex.set_dropout(expert_dropout(x2));
         ex.forward(xe.data() + plan.offsets[x2] * c, ye.data() + plan.offsets[x2] * c, plan.counts[x2]);
       }
+      tensor_allreduce(tg, ye.data(), nr * c);
       // combine (+ shared experts)
-      if (has_shared) shared.forward(in, out, n);
+      if (has_shared) {
+        shared.forward(in, out, n);
+        tensor_allreduce(tg, out, n * c);
+      }
       {
         const std::int32_t *to = plan.tok_offsets.data(), *ta = plan.tok_assign.data(), *ps = plan.pos.data();
         const T *y = ye.data(), *gt = xdrop_on ? egates.data() : rgates.data();
@@ -341,6 +358,9 @@ struct MoE {
     // same factor the model applies to its loss, e.g. 1 / micro-batches).
     void backward(const T* dout, T* dx, bool accumulate_dx, double grad_scale) {
       const std::int64_t e = rp.n_experts, cc = c, nr = plan.rows();
+      if (accumulate_dx && tg && tg->size() > 1)
+        throw Error("an accumulating backward under tensor parallelism", "MoE::backward",
+                    "accumulate_dx = false (the partial input gradient is summed over the tensor group)");
       const std::int64_t a = static_cast<std::int64_t>(a_expert.size());
       dye.ensure(Shape{nr, c});
       dxe.ensure(Shape{nr, c});
@@ -386,6 +406,7 @@ struct MoE {
           }
         });
       }
+      tensor_allreduce(tg, dx, n * cc);
       if constexpr (RouterP::learned) route_backward(dx, grad_scale);
     }
 

@@ -1,10 +1,12 @@
 #pragma once
-// Data and expert parallelism over a Comm (DESIGN.md "Parallelism"), with ZeRO-1 as an
-// option. The grid (parallel/grid.hpp) gives three groups: the replicas (data x expert
-// ranks, which see different tokens and reduce the dense gradients), the expert group
-// (the ranks a layer's experts are split over; MoE rows travel there by all-to-all,
-// parallel/expert_parallel.hpp) and the expert-data group (the replicas of one expert
-// shard, which reduce its gradients).
+// Data, expert, tensor and pipeline parallelism over a Comm (DESIGN.md "Parallelism"), with
+// ZeRO-1 and PowerSGD as options. The grid (parallel/grid.hpp) gives five groups: the
+// replicas (data x expert ranks, which see different tokens and reduce the dense
+// gradients), the expert group (the ranks a layer's experts are split over; MoE rows travel
+// there by all-to-all, parallel/expert_parallel.hpp), the expert-data group (the replicas of
+// one expert shard, which reduce its gradients), the tensor group (the ranks a layer's heads
+// and hidden units are split over; parallel/tensor_parallel.hpp) and the pipeline (one rank
+// per stage; the trainer runs the 1F1B schedule of parallel/pipeline.hpp over it).
 //
 // The replicas (ranks holding the same weights) split the step's N micro-batches ("pieces")
 // into consecutive runs: replica q computes pieces [q N/R, (q+1) N/R). The gradient of a
@@ -44,6 +46,7 @@
 #include "tmoe/parallel/expert_parallel.hpp"
 #include "tmoe/parallel/grid.hpp"
 #include "tmoe/parallel/powersgd.hpp"
+#include "tmoe/parallel/tensor_parallel.hpp"
 #include "tmoe/parallel/tree_sum.hpp"
 
 namespace tmoe {
@@ -97,14 +100,13 @@ class DataParallel {
         experts_(world.split((grid_.pipeline_rank * grid_.data + grid_.data_rank) * grid_.tensor + grid_.tensor_rank,
                              grid_.expert_rank)),
         expert_data_(world.split((grid_.pipeline_rank * grid_.tensor + grid_.tensor_rank) * grid_.expert + grid_.expert_rank,
-                                 grid_.data_rank)) {
-    if (grid_.tensor > 1 || grid_.pipeline > 1)
-      throw Error(detail::cat("grid ", grid_.describe()), "parallel",
-                  "tensor = pipeline = 1: this build distributes by data and experts (and ZeRO-1); tensor and "
-                  "pipeline parallelism are not available yet");
-    if (zero_ && grid_.expert > 1)
-      throw Error("parallel.zero with parallel.expert > 1", "parallel.zero",
-                  "ZeRO-1 with data parallelism only (sharding the expert-data groups is not available yet)");
+                                 grid_.data_rank)),
+        tensors_(world.split(grid_.rank / grid_.tensor, grid_.tensor_rank)),
+        stages_(world.split(grid_.rank % (grid_.data * grid_.expert * grid_.tensor), grid_.pipeline_rank)) {
+    if (grid_.expert > 1 && (grid_.tensor > 1 || grid_.pipeline > 1))
+      throw Error(detail::cat("grid ", grid_.describe()), "parallel.expert",
+                  "expert parallelism with data parallelism only (expert x tensor and expert x pipeline are not "
+                  "available yet)");
     if (cfg.parallel.powersgd_rank > 0) {
       if (zero_ || grid_.expert > 1)
         throw Error("parallel.powersgd_rank with parallel.zero or parallel.expert > 1", "parallel.powersgd_rank",
@@ -126,27 +128,98 @@ class DataParallel {
   const ProcessGrid& grid() const { return grid_; }
   int rank() const { return replicas_.rank(); }  // replica rank: orders the pieces
   int size() const { return replicas_.size(); }  // replicas
-  bool sharded() const { return zero_ && size() > 1; }
+  // ZeRO-1 shards over the data-parallel ranks of one expert shard (the expert-data group;
+  // without expert parallelism, the replicas): routed-expert gradients are reduce-scattered
+  // there; under expert parallelism the dense gradients, reduced over all replicas, are
+  // all-reduced and each rank updates its shard of them.
+  bool sharded() const { return zero_ && expert_data_.size() > 1; }
+  int shard_rank() const { return expert_data_.rank(); }
+  int shards() const { return expert_data_.size(); }
   C& replicas() { return replicas_; }
   C& experts() { return experts_; }
   C& expert_data() { return expert_data_; }
   bool expert_parallel() const { return grid_.expert > 1; }
 
-  // The model this rank builds: its share of the experts.
+  // The model this rank builds: its share of the experts, of the heads and hidden widths
+  // (tensor parallelism) and of the layers (its pipeline stage).
   ModelConfig model_layout(ModelConfig m) const {
     m.ep_rank = grid_.expert_rank;
     m.ep_size = grid_.expert;
+    m.tp_rank = grid_.tensor_rank;
+    m.tp_size = grid_.tensor;
+    m.pp_rank = grid_.pipeline_rank;
+    m.pp_size = grid_.pipeline;
     return m;
   }
+  // Tensor parallelism: the all-reduces of the layers' partial outputs and input gradients.
+  template <class T>
+  std::unique_ptr<CommTensorGroup<C, T>> make_tensor_group() {
+    if (grid_.tensor == 1) return nullptr;
+    return std::make_unique<CommTensorGroup<C, T>>(tensors_, red_);
+  }
+  C& tensors() { return tensors_; }
+
+  // --- pipeline ---------------------------------------------------------------------------
+  // The stage this rank runs and the number of stages; activations go to the next stage and
+  // their gradients back, tagged by micro-batch. Sends do not block (the buffer must stay
+  // unchanged until the Pending is waited for: wait_stage); receives do.
+  int stage() const { return grid_.pipeline_rank; }
+  int stages() const { return grid_.pipeline; }
+  template <class T>
+  comm::Pending send_stage(const T* x, std::int64_t n, int to, int tag) {
+    counters_.bytes_sent += n * static_cast<std::int64_t>(sizeof(T));
+    return stages_.isend(x, n, to, tag);
+  }
+  template <class T>
+  void recv_stage(T* x, std::int64_t n, int from, int tag) {
+    timed([&] { stages_.recv(x, n, from, tag); });
+  }
+  void wait_stage(comm::Pending& p) {
+    timed([&] { p.wait(); });
+  }
+  // Sums each entry over the stages (each entry is non-zero on one stage only: exact).
+  void sum_stages(double* v, std::int64_t n) {
+    if (stages() > 1) timed([&] { stages_.allreduce_sum(v, n, comm::Reduction::kFixed); });
+  }
+  // The concatenation of every stage's variable-length part, in stage order.
+  std::vector<double> gather_stages(std::span<const double> mine) { return gatherv_over(stages_, mine); }
   // The MoE layers' exchange (null without expert parallelism).
   template <class T>
   std::unique_ptr<CommExchange<C, T>> make_exchange(const ParamRegistry& reg) {
     if (!expert_parallel()) return nullptr;
     return std::make_unique<CommExchange<C, T>>(experts_, reg);
   }
-  // Adds to `sums` (global parameter index, Σ g²) the entries the other ranks of the expert
-  // group hold (their experts), so every rank sees every parameter once.
-  void merge_expert_sums(std::vector<std::pair<int, double>>& sums, const ParamRegistry& reg) {
+  // Completes `sums` (global parameter index, Σ g² of what this rank holds) to the whole
+  // model, so every rank sees every parameter once: a tensor-parallel split parameter's
+  // sum is added over the tensor group (in rank order), the other stages' parameters come
+  // from the pipeline group, the other experts' from the expert group.
+  void merge_sums(std::vector<std::pair<int, double>>& sums, const ParamRegistry& reg) {
+    if (grid_.tensor > 1) {
+      std::vector<double> split;
+      for (const auto& [gi, v] : sums)
+        if (reg[reg_index_of(reg, gi)].is_split()) split.push_back(v);
+      std::vector<double> all(split.size() * static_cast<std::size_t>(tensors_.size()));
+      timed([&] { tensors_.allgather(split.data(), static_cast<std::int64_t>(split.size()), all.data()); });
+      std::size_t k = 0;
+      for (auto& [gi, v] : sums)
+        if (reg[reg_index_of(reg, gi)].is_split()) {
+          double t = 0;
+          for (int q = 0; q < tensors_.size(); ++q) t += all[static_cast<std::size_t>(q) * split.size() + k];
+          v = t;
+          ++k;
+        }
+    }
+    if (stages() > 1) {
+      std::vector<double> mine;
+      for (const auto& [gi, v] : sums) {
+        mine.push_back(static_cast<double>(gi));
+        mine.push_back(v);
+      }
+      const std::vector<double> all = gatherv_over(stages_, mine);
+      sums.clear();
+      for (std::size_t i = 0; i < all.size(); i += 2) sums.emplace_back(static_cast<int>(all[i]), all[i + 1]);
+      return;
+    }
     if (!expert_parallel()) return;
     std::vector<double> mine;
     for (const auto& [gi, v] : sums)
@@ -174,13 +247,13 @@ class DataParallel {
   // The elements of the flat buffer this rank updates: its ZeRO-1 shard, or all.
   std::pair<std::int64_t, std::int64_t> shard(const ParamRegistry& reg) const {
     const auto& b = shard_bounds(reg);
-    return sharded() ? std::pair{b[static_cast<std::size_t>(rank())], b[static_cast<std::size_t>(rank()) + 1]}
+    return sharded() ? std::pair{b[static_cast<std::size_t>(shard_rank())], b[static_cast<std::size_t>(shard_rank()) + 1]}
                      : std::pair{std::int64_t{0}, reg.total()};
   }
   // Computed once: every bucket and every gather asks (the registry does not change).
   const std::vector<std::int64_t>& shard_bounds(const ParamRegistry& reg) const {
     if (bounds_.empty() || bounds_.back() != reg.total())
-      bounds_ = sharded() ? cell_shards(reg, size()) : std::vector<std::int64_t>{0, reg.total()};
+      bounds_ = sharded() ? cell_shards(reg, shards()) : std::vector<std::int64_t>{0, reg.total()};
     return bounds_;
   }
 
@@ -224,9 +297,10 @@ class DataParallel {
                   "every parameter announced exactly once per backward by the gradient-ready hook");
     const auto t0 = std::chrono::steady_clock::now();
     for (auto& b : buckets_) b.pending.wait();
-    if (!sharded()) {
+    {
       std::vector<comm::Pending> gathers;
       for (auto& b : buckets_) {
+        if (!b.gather) continue;  // a ZeRO-1 shard stays where it was reduced
         C& grp = group(b.kind);
         counters_.bytes_sent += (b.bounds[grp.rank() + 1] - b.bounds[grp.rank()]) * (grp.size() - 1) * static_cast<std::int64_t>(sizeof(T));
         gathers.push_back(grp.iallgather(g, std::span<const std::int64_t>(b.bounds)));
@@ -243,8 +317,22 @@ class DataParallel {
   void gather_shards(T* x, const ParamRegistry& reg) {
     if (!sharded()) return;
     const auto& b = shard_bounds(reg);
-    counters_.bytes_sent += (b[rank() + 1] - b[rank()]) * (size() - 1) * static_cast<std::int64_t>(sizeof(T));
-    timed([&] { replicas_.iallgather(x, std::span<const std::int64_t>(b)).wait(); });
+    counters_.bytes_sent += (b[shard_rank() + 1] - b[shard_rank()]) * (shards() - 1) * static_cast<std::int64_t>(sizeof(T));
+    timed([&] { expert_data_.iallgather(x, std::span<const std::int64_t>(b)).wait(); });
+  }
+
+  // The whole model's parameter count: every rank of the first data replica counts what only
+  // it holds (its experts, its slices, its stage; a replicated tensor once), summed.
+  std::int64_t count_parameters(const ParamRegistry& reg) {
+    double n = 0;
+    if (grid_.data_rank == 0)
+      for (const ParamInfo& p : reg.params()) {
+        const bool mine = (p.is_split() || grid_.tensor_rank == 0) &&
+                          ((expert_parallel() && p.has(kTagExpert)) || grid_.expert_rank == 0);
+        if (mine) n += static_cast<double>(p.numel());
+      }
+    timed([&] { world_.allreduce_sum(&n, 1, comm::Reduction::kFixed); });
+    return static_cast<std::int64_t>(n);
   }
 
   // --- scalars ----------------------------------------------------------------------------
@@ -254,27 +342,20 @@ class DataParallel {
     timed([&] { replicas_.allgather(mine.data(), static_cast<std::int64_t>(mine.size()), all.data()); });
     return all;
   }
-  // Sums over the replicas in replica order (bitwise the same on every rank, any transport).
+  // Sums over every rank of the job in rank order (bitwise the same on every rank, any
+  // transport): flags every rank must agree on (an overflow, a stop request).
   double sum(double v) {
-    if (size() == 1) return v;
-    const auto all = gather(std::span<const double>(&v, 1));
+    if (world_.size() == 1) return v;
+    std::vector<double> all(static_cast<std::size_t>(world_.size()));
+    timed([&] { world_.allgather(&v, 1, all.data()); });
     return tree_sum(all);
   }
   void sum(double* v, std::int64_t n) {
     if (size() == 1) return;
     timed([&] { replicas_.allreduce_sum(v, n, comm::Reduction::kFixed); });
   }
-  // The concatenation of every replica's variable-length part, in replica order.
-  std::vector<double> gatherv(std::span<const double> mine) {
-    std::vector<std::int64_t> counts(static_cast<std::size_t>(size()));
-    const std::int64_t m = static_cast<std::int64_t>(mine.size());
-    timed([&] { replicas_.allgather(&m, 1, counts.data()); });
-    std::int64_t total = 0;
-    for (auto c : counts) total += c;
-    std::vector<double> all(static_cast<std::size_t>(total));
-    timed([&] { replicas_.allgatherv(mine.data(), std::span<const std::int64_t>(counts), all.data()); });
-    return all;
-  }
+  // The concatenation of every ZeRO-1 shard's variable-length part, in shard order.
+  std::vector<double> gather_shard_values(std::span<const double> mine) { return gatherv_over(expert_data_, mine); }
   void barrier() { timed([&] { world_.barrier(); }); }
   // Rank 0 of the world decided `ok`; every rank learns it (for work only rank 0 does).
   bool agree(bool ok_on_root) {
@@ -292,6 +373,16 @@ class DataParallel {
     counters_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   C& group(int kind) { return kind == 1 ? expert_data_ : replicas_; }
+  std::vector<double> gatherv_over(C& grp, std::span<const double> mine) {
+    std::vector<std::int64_t> counts(static_cast<std::size_t>(grp.size()));
+    const std::int64_t m = static_cast<std::int64_t>(mine.size());
+    timed([&] { grp.allgather(&m, 1, counts.data()); });
+    std::int64_t total = 0;
+    for (auto c : counts) total += c;
+    std::vector<double> all(static_cast<std::size_t>(total));
+    timed([&] { grp.allgatherv(mine.data(), std::span<const std::int64_t>(counts), all.data()); });
+    return all;
+  }
   template <class T>
   PowerSgd<T>& psgd() {
     if constexpr (std::is_same_v<T, float>) return *psgd_f_;
@@ -312,7 +403,11 @@ class DataParallel {
     C& grp = group(kind);
     Bucket b;
     b.kind = kind;
-    if (sharded()) {
+    // Under ZeRO-1 a bucket is reduce-scattered onto the shards of the expert-data group;
+    // dense buckets under expert parallelism are reduced over all replicas and all-gathered.
+    const bool to_shards = sharded() && (kind == 1 || grid_.expert == 1);
+    b.gather = !to_shards;
+    if (to_shards) {
       const auto& s = shard_bounds(reg);
       b.bounds.resize(s.size());
       for (std::size_t i = 0; i < s.size(); ++i) b.bounds[i] = std::clamp(s[i], o.lo, o.hi);
@@ -333,6 +428,7 @@ class DataParallel {
     std::vector<std::int64_t> bounds;
     comm::Pending pending;
     int kind = 0;  // 0: dense (replicas), 1: routed experts (expert-data group)
+    bool gather = true;  // all-gathered after the reduce-scatter (not a ZeRO-1 shard)
   };
   struct Open {
     std::int64_t lo = 0, hi = 0;  // the bucket being filled (backward goes downwards)
@@ -342,7 +438,7 @@ class DataParallel {
   comm::Reduction red_;
   bool zero_;
   std::int64_t bucket_bytes_;
-  C world_, replicas_, experts_, expert_data_;
+  C world_, replicas_, experts_, expert_data_, tensors_, stages_;
   std::vector<Bucket> buckets_;
   Open open_[2];
   std::int64_t covered_ = 0;

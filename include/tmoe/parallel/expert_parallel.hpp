@@ -146,17 +146,3 @@ class CommExchange final : public ExpertSlots<T> {
 };
 
 }  // namespace tmoe
-
-namespace tmoe {
-// `name` with its expert number (".experts.<x>.") moved by `delta`: the same parameter of
-// another rank's expert (expert parallelism: rank q holds experts q E/P ...).
-inline std::string shift_expert_name(const std::string& name, std::int64_t delta) {
-  const std::string key = ".experts.";
-  const auto at = name.find(key);
-  if (at == std::string::npos) throw Error("parameter '" + name + "' is not a routed expert's", "shift_expert_name", "...experts.<x>...");
-  const auto b = at + key.size();
-  auto e = b;
-  while (e < name.size() && name[e] >= '0' && name[e] <= '9') ++e;
-  return name.substr(0, b) + std::to_string(std::stoll(name.substr(b, e - b)) + delta) + name.substr(e);
-}
-}  // namespace tmoe

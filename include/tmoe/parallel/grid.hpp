@@ -59,6 +59,9 @@ struct ProcessGrid {
     if (m.n_layers % pc.pipeline != 0)
       throw Error(cat("model.n_layers = ", m.n_layers, " is not divisible by parallel.pipeline = ", pc.pipeline),
                   "parallel.pipeline", "a pipeline size that divides the number of layers");
+    if (pc.pipeline > 1 && m.tie_embeddings)
+      throw Error("model.tie_embeddings = true with parallel.pipeline > 1", "model.tie_embeddings",
+                  "false under pipeline parallelism (the embedding and the head live on different stages)");
     g.data = static_cast<int>(d);
     g.expert = static_cast<int>(pc.expert);
     g.tensor = static_cast<int>(pc.tensor);

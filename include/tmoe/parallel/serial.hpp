@@ -25,7 +25,7 @@ struct Serial {
   double sum(double v) const { return v; }
   void sum(double*, std::int64_t) const {}
   std::vector<double> gather(std::span<const double> v) const { return {v.begin(), v.end()}; }
-  std::vector<double> gatherv(std::span<const double> v) const { return {v.begin(), v.end()}; }
+  std::vector<double> gather_shard_values(std::span<const double> v) const { return {v.begin(), v.end()}; }
   void barrier() const {}
   bool agree(bool ok) const { return ok; }
   CommCounters& counters() { return counters_; }

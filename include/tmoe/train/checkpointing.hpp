@@ -19,7 +19,10 @@
 #include <cmath>
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <optional>
+#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -30,7 +33,6 @@
 #include "tmoe/io/checkpoint.hpp"
 #include "tmoe/io/safetensors.hpp"
 #include "tmoe/io/yaml_config.hpp"
-#include "tmoe/parallel/expert_parallel.hpp"
 
 namespace tmoe {
 
@@ -83,7 +85,172 @@ inline bool data_stream_field(std::string_view f) {
   return false;
 }
 
+// One rank's parameters and their state (every view: params, then each optimizer slot).
+template <class M>
+struct Share {
+  std::vector<ParamInfo> params;
+  std::vector<std::int64_t> at;  // each parameter's start within one view's part of data
+  std::int64_t per_view = 0;
+  const M* data = nullptr;
+  std::vector<M> storage;  // a received share
+};
+
+template <class M, class View>
+Share<M> own_share(const ParamRegistry& reg, const std::vector<View>& views) {
+  Share<M> sh;
+  for (const ParamInfo& p : reg.params()) {
+    sh.params.push_back(p);
+    sh.at.push_back(sh.per_view);
+    sh.per_view += p.numel();
+  }
+  sh.storage.reserve(static_cast<std::size_t>(sh.per_view) * views.size());
+  for (const auto& v : views)
+    for (const ParamInfo& p : reg.params()) sh.storage.insert(sh.storage.end(), v.data + p.offset, v.data + p.offset + p.numel());
+  sh.data = sh.storage.data();
+  return sh;
+}
+
+// A share described in text: "name dim parts index blocks rank dims... full_rank full_dims..."
+// per line (names have no spaces).
+inline std::string describe_share(const std::vector<ParamInfo>& params) {
+  std::ostringstream o;
+  for (const ParamInfo& p : params) {
+    o << p.name << ' ' << p.split.dim << ' ' << p.split.parts << ' ' << p.split.index << ' ' << p.split.blocks << ' '
+      << p.shape.rank;
+    for (int d = 0; d < p.shape.rank; ++d) o << ' ' << p.shape[d];
+    o << ' ' << p.full.rank;
+    for (int d = 0; d < p.full.rank; ++d) o << ' ' << p.full[d];
+    o << '\n';
+  }
+  return o.str();
+}
+inline std::vector<ParamInfo> parse_share(const std::string& text) {
+  std::vector<ParamInfo> out;
+  std::istringstream in(text);
+  ParamInfo p;
+  while (in >> p.name >> p.split.dim >> p.split.parts >> p.split.index >> p.split.blocks >> p.shape.rank) {
+    for (int d = 0; d < p.shape.rank; ++d) in >> p.shape.dims[static_cast<std::size_t>(d)];
+    in >> p.full.rank;
+    for (int d = 0; d < p.full.rank; ++d) in >> p.full.dims[static_cast<std::size_t>(d)];
+    out.push_back(p);
+  }
+  return out;
+}
+
+// The first rank receives the share of every rank of the first data-parallel replica (the
+// others hold copies), in rank order; the other ranks get an empty list.
+template <class M, class Par, class View>
+std::vector<Share<M>> gather_shares(Par& par, const ParamRegistry& reg, const std::vector<View>& views) {
+  std::vector<Share<M>> out;
+  auto& world = par.world();
+  const auto& g = par.grid();
+  Share<M> mine = own_share<M>(reg, views);
+  if (world.size() == 1 || (g.tensor == 1 && g.pipeline == 1 && g.expert == 1)) {
+    if (par.is_root()) out.push_back(std::move(mine));
+    return out;
+  }
+  constexpr int kTag = 7001;
+  const bool sender = g.data_rank == 0;
+  if (!par.is_root()) {
+    if (sender) {
+      const std::string text = describe_share(mine.params);
+      const std::int64_t head[2] = {static_cast<std::int64_t>(text.size()), static_cast<std::int64_t>(mine.storage.size())};
+      world.send(head, 2, 0, kTag);
+      world.send(text.data(), head[0], 0, kTag);
+      world.send(mine.storage.data(), head[1], 0, kTag);
+    }
+    return out;
+  }
+  out.push_back(std::move(mine));
+  for (int q = 1; q < world.size(); ++q) {
+    // rank = ((pipe · D + data) · E + expert) · T + tensor: data rank of q
+    if ((q / (g.tensor * g.expert)) % g.data != 0) continue;
+    std::int64_t head[2] = {0, 0};
+    world.recv(head, 2, q, kTag);
+    std::string text(static_cast<std::size_t>(head[0]), '\0');
+    world.recv(text.data(), head[0], q, kTag);
+    Share<M> sh;
+    sh.params = parse_share(text);
+    for (const ParamInfo& p : sh.params) {
+      sh.at.push_back(sh.per_view);
+      sh.per_view += p.numel();
+    }
+    sh.storage.resize(static_cast<std::size_t>(head[1]));
+    world.recv(sh.storage.data(), head[1], q, kTag);
+    sh.data = sh.storage.data();
+    out.push_back(std::move(sh));
+  }
+  return out;
+}
+
+// The whole model's tensors of every view (params, optimizer slots) under their global
+// names, on the first rank (empty elsewhere; every rank must construct it). On a grid that
+// splits the model (experts, tensor slices, pipeline stages) the first rank gathers every
+// share from the ranks of the first data-parallel replica and assembles whole tensors.
+template <class M>
+struct WholeTensors {
+  std::vector<std::pair<int, io::TensorRef>> refs;  // (view, tensor)
+  std::vector<Share<M>> shares;
+  std::map<std::string, std::vector<M>> assembled;  // split tensors, by "view|name"
+
+  template <class Tr, class View>
+  WholeTensors(Tr& trainer, const std::vector<View>& views) {
+    auto& par = trainer.parallel();
+    const ParamRegistry& reg = trainer.model().registry();
+    const std::string dtype = std::is_same_v<M, float> ? "F32" : "F64";
+    if constexpr (requires { par.grid(); par.world(); }) shares = gather_shares<M>(par, reg, views);
+    else shares.push_back(own_share<M>(reg, views));
+    if (!par.is_root()) return;
+    std::set<std::string> seen;
+    for (const auto& sh : shares)
+      for (std::size_t k = 0; k < sh.params.size(); ++k) {
+        const ParamInfo& p = sh.params[k];
+        const std::vector<std::int64_t> full(p.full.dims.begin(), p.full.dims.begin() + p.full.rank);
+        for (std::size_t v = 0; v < views.size(); ++v) {
+          const M* data = sh.data + sh.at[k] + static_cast<std::int64_t>(v) * sh.per_view;
+          const std::string key = std::to_string(v) + "|" + p.name;
+          if (!p.is_split()) {  // replicated copies (tensor group) are equal: the first one
+            if (seen.insert(key).second) refs.push_back({static_cast<int>(v), io::TensorRef{p.name, dtype, full, data}});
+            continue;
+          }
+          auto [it, fresh] = assembled.try_emplace(key);
+          if (fresh) {
+            it->second.assign(static_cast<std::size_t>(p.full.numel()), M(0));
+            refs.push_back({static_cast<int>(v), io::TensorRef{p.name, dtype, full, it->second.data()}});
+          }
+          place_share(p, data, it->second.data());
+        }
+      }
+  }
+};
+
 }  // namespace detail
+
+// Writes the whole model's weights (the master copy) to one safetensors file at `path`,
+// assembled from every rank's share; the first rank writes. Every rank must call it.
+template <class Tr>
+void save_weights(const std::string& path, Tr& trainer, const std::map<std::string, std::string>& metadata = {}) {
+  using M = typename Tr::M;
+  auto views = trainer.restartable_state();
+  views.resize(1);
+  std::string failure;
+  {
+    detail::WholeTensors<M> whole(trainer, views);
+    if (trainer.parallel().is_root()) {
+      std::vector<io::TensorRef> refs;
+      for (const auto& [v, ref] : whole.refs) refs.push_back(ref);
+      try {
+        io::write_safetensors(path, refs, metadata);
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+    }
+  }
+  trainer.release_staging();
+  const bool ok = trainer.parallel().agree(failure.empty());
+  if (!failure.empty()) throw Error(failure, "save_weights (rank 0 writes)", "a writable path");
+  if (!ok) throw Error("the first rank could not write the weights (see its message)", path, "a writable path");
+}
 
 // Writes trainer's state as checkpoint `trainer.step()` in `dir`. `data_state` describes
 // the data stream (see ShardSampler: fingerprint, epoch, index); it is stored in
@@ -99,43 +266,13 @@ std::string save_checkpoint(io::CheckpointDir& dir, Tr& trainer, const nlohmann:
   // writes, and every rank learns whether it succeeded, so none goes on alone.
   const auto views = trainer.restartable_state();
   auto& par = trainer.parallel();
-  // Tensors by global name: [0] model, [1] optimizer. Under expert parallelism the first
-  // rank also writes the experts the rest of its expert group holds.
+  // Tensors by global name: [0] model, [1] optimizer (assembled on the first rank).
+  detail::WholeTensors<M> whole(trainer, views);
   std::vector<io::TensorRef> refs[2];
-  auto add = [&](const std::string& name, const ParamInfo& p, int view, const M* data) {
-    const std::vector<std::int64_t> shape(p.shape.dims.begin(), p.shape.dims.begin() + p.shape.rank);
-    if (view == 0) refs[0].push_back({name, dtype, shape, data});
-    else refs[1].push_back({trainer.optimizer_slot_name(view - 1) + "." + name, dtype, shape, data});
-  };
-  for (std::size_t v = 0; v < views.size(); ++v)
-    for (const ParamInfo& p : reg.params()) add(p.name, p, static_cast<int>(v), views[v].data + p.offset);
-  std::vector<M> gathered;
-  if constexpr (requires { par.expert_parallel(); par.experts(); })
-    if (par.expert_parallel()) {
-      auto& grp = par.experts();
-      std::vector<int> ex;
-      std::int64_t per_view = 0;
-      for (int i = 0; i < reg.size(); ++i)
-        if (reg[i].has(kTagExpert)) {
-          ex.push_back(i);
-          per_view += reg[i].numel();
-        }
-      std::vector<M> mine;
-      for (const auto& v : views)
-        for (int i : ex) mine.insert(mine.end(), v.data + reg[i].offset, v.data + reg[i].offset + reg[i].numel());
-      gathered.resize(mine.size() * static_cast<std::size_t>(grp.size()));
-      grp.allgather(mine.data(), static_cast<std::int64_t>(mine.size()), gathered.data());
-      const std::int64_t el = cfg.model.n_experts / grp.size();
-      for (int q = 0; q < grp.size(); ++q) {
-        if (q == grp.rank()) continue;
-        const M* at = gathered.data() + static_cast<std::int64_t>(mine.size()) * q;
-        for (std::size_t v = 0; v < views.size(); ++v)
-          for (int i : ex) {
-            add(shift_expert_name(reg[i].name, (q - grp.rank()) * el), reg[i], static_cast<int>(v), at);
-            at += reg[i].numel();
-          }
-      }
-    }
+  for (const auto& [view, ref] : whole.refs) {
+    refs[view == 0 ? 0 : 1].push_back(ref);
+    if (view > 0) refs[1].back().name = trainer.optimizer_slot_name(view - 1) + "." + ref.name;
+  }
   std::string folder, failure;
   if (par.is_root()) {
     try {
@@ -160,7 +297,8 @@ std::string save_checkpoint(io::CheckpointDir& dir, Tr& trainer, const nlohmann:
           count += n;
         }
         st["parameters"] = count;
-        st["grid"] = par.size() > 1 ? nlohmann::json(detail::cat(par.size(), " replicas")) : nlohmann::json("1 process");
+        if constexpr (requires { par.grid(); }) st["grid"] = par.grid().describe();
+        else st["grid"] = "1 process";
         st["config_yaml"] = io::to_yaml(cfg);
         st["model_config_xxh64"] = xxh64(detail::field_lines(cfg.model));
         st["tmoe_version"] = kVersion;
@@ -275,10 +413,18 @@ std::optional<ResumeInfo> resume_checkpoint(const io::CheckpointDir& dir, Tr& tr
 
   // Every rank reads the whole (layout-free) state and keeps what its layout needs.
   const auto views = trainer.restartable_state(/*current=*/false);
-  for (const ParamInfo& p : reg.params()) model_file.read_into(p.name, views[0].data + p.offset);
+  // A tensor-parallel rank takes its slice of each split tensor.
+  std::vector<M> full;
+  auto read = [&](const io::SafetensorsFile& f, const std::string& name, const ParamInfo& p, M* dst) {
+    if (!p.is_split()) return f.read_into(name, dst);
+    full.resize(static_cast<std::size_t>(p.full.numel()));
+    f.read_into(name, full.data());
+    take_share(p, full.data(), dst);
+  };
+  for (const ParamInfo& p : reg.params()) read(model_file, p.name, p, views[0].data + p.offset);
   for (int s = 0; s < trainer.optimizer_slots(); ++s)
     for (const ParamInfo& p : reg.params())
-      opt_file.read_into(trainer.optimizer_slot_name(s) + "." + p.name, views[static_cast<std::size_t>(1 + s)].data + p.offset);
+      read(opt_file, trainer.optimizer_slot_name(s) + "." + p.name, p, views[static_cast<std::size_t>(1 + s)].data + p.offset);
   trainer.adopt_state();
   if (trainer.loss_scaler().enabled) {
     trainer.loss_scaler().scale = scale;

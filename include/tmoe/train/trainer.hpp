@@ -27,7 +27,9 @@
 #include "tmoe/moe/plan.hpp"
 #include "tmoe/optim/clip.hpp"
 #include "tmoe/optim/schedule.hpp"
+#include "tmoe/parallel/pipeline.hpp"
 #include "tmoe/parallel/tree_sum.hpp"
+#include "tmoe/layers/tensor_group.hpp"
 #include "tmoe/precision/loss_scaler.hpp"
 #include "tmoe/precision/precision.hpp"
 #include "tmoe/backend/stored.hpp"
@@ -173,9 +175,11 @@ class Trainer {
       if constexpr (requires(Parallel& s, const ParamRegistry& r, T* gg) { s.grads_ready(r, gg, 0, 0); })
         parallel_.grads_ready(reg, g, first, last);
     });
-    const std::int64_t n = cfg.train.batch_size * cfg.train.seq_len;
-    inputs_.resize(Shape{n});
-    targets_.resize(Shape{n});
+    if constexpr (requires { parallel_.template make_tensor_group<T>(); }) {
+      tgroup_ = parallel_.template make_tensor_group<T>();
+      if (tgroup_) model_.set_tensor_group(static_cast<TensorGroup<T>*>(tgroup_.get()));
+    }
+    stage_buffers(stages(), cfg.train.batch_size * cfg.train.seq_len * cfg.model.d_model);
   }
 
   ModelImpl& model() { return model_; }
@@ -219,6 +223,12 @@ class Trainer {
   // gradient processing, or fault injection in tests.
   void set_gradient_hook(std::function<void(T* grads, std::int64_t n)> fn) { gradient_hook_ = std::move(fn); }
 
+  // Parameters of the whole model, whatever this rank holds (every rank must call it).
+  std::int64_t parameter_count() {
+    if constexpr (requires { parallel_.count_parameters(model_.registry()); }) return parallel_.count_parameters(model_.registry());
+    else return model_.registry().count();
+  }
+
   MemoryReport memory_report() const {
     MemoryReport r;
     const std::int64_t total = model_.registry().total();
@@ -247,33 +257,80 @@ class Trainer {
     st.step = step_;
     st.micro_batches = pieces;
     st.loss_scale = scaler_.enabled ? scaler_.scale : 1.0;
-    st.expert_counts.assign(static_cast<std::size_t>(model_.n_layers()), {});
-    st.moe.assign(static_cast<std::size_t>(model_.n_layers()), {});
+    st.expert_counts.assign(static_cast<std::size_t>(cfg_.model.n_layers), {});
+    st.moe.assign(static_cast<std::size_t>(cfg_.model.n_layers), {});
     T* g = model_.grads();
     const std::int64_t total = model_.registry().total();
-    std::vector<double> parts(static_cast<std::size_t>(3 * a));  // (total, ce, aux) of each local piece
+    const std::int64_t L = cfg_.model.n_layers, l0 = model_.first_layer(), n = b * t, c = cfg_.model.d_model;
+    // Each local piece's cross-entropy and every layer's balancing loss (0 for layers of
+    // other pipeline stages): summed over the stages, then folded in layer order as one
+    // process does.
+    std::vector<double> lparts(static_cast<std::size_t>((L + 1) * a), 0.0);
     model_.zero_grad();
     acc_.reset(total);
     if (xchg_) xchg_->begin_step();
     finished_ = 0;
-    for (std::int64_t micro = 0; micro < a; ++micro) {
+    const int S = stages(), s = stage();
+    stage_buffers(S, n * c);
+    std::int64_t current = -1;  // the micro-batch whose activations the model holds
+    auto run_forward = [&](std::int64_t micro, bool recompute) {
       const std::int64_t piece = mine0 + micro;
-      batches(first + piece, inputs_.data(), targets_.data());
+      const std::size_t slot = static_cast<std::size_t>(micro % S);
+      if (S > 1 && s > 0) model_.set_stage_input(xin_[slot].data());
       model_.set_mode(true, tc.seed, step_, piece * b * t);
-      if (xchg_) xchg_->begin_micro();
-      const LossParts lp = model_.forward(inputs_.data(), targets_.data(), b, t);
+      model_.set_recompute_pass(recompute);
+      const LossParts lp = model_.forward(ins_[slot].data(), tgts_[slot].data(), b, t);
+      model_.set_recompute_pass(false);
+      current = micro;
+      return lp;
+    };
+    for (const PipeOp& op : pipeline_schedule(S, s, a)) {
+      const std::int64_t micro = op.micro, piece = mine0 + micro;
+      const std::size_t slot = static_cast<std::size_t>(micro % S);
+      if (op.forward) {
+        batches(first + piece, ins_[slot].data(), tgts_[slot].data());
+        if constexpr (kPipelined) {
+          if (S > 1 && s > 0) parallel_.recv_stage(xin_[slot].data(), n * c, s - 1, static_cast<int>(micro));
+        }
+        if (xchg_) xchg_->begin_micro();
+        const LossParts lp = run_forward(micro, false);
+        double* lpp = lparts.data() + micro * (L + 1);
+        lpp[0] = lp.ce;
+        for (std::int64_t l = 0; l < model_.n_layers(); ++l) lpp[1 + l0 + l] = model_.block(l).loss();
+        for (std::int64_t l = 0; l < model_.n_layers(); ++l) {
+          auto cnt = model_.expert_counts(l);
+          auto& acc = st.expert_counts[static_cast<std::size_t>(l0 + l)];
+          acc.resize(cnt.size(), 0);
+          for (std::size_t e = 0; e < cnt.size(); ++e) acc[e] += cnt[e];
+          if (const MoEStats* ms = model_.moe_stats(l)) st.moe[static_cast<std::size_t>(l0 + l)].accumulate(*ms, static_cast<double>(a));
+        }
+        if constexpr (kPipelined) {
+          if (S > 1 && s + 1 < S) {
+            parallel_.wait_stage(xout_sent_[slot]);  // the slot's previous send
+            std::copy_n(model_.stage_output(), n * c, xout_[slot].data());
+            xout_sent_[slot] = parallel_.send_stage(xout_[slot].data(), n * c, s + 1, static_cast<int>(micro));
+          }
+        }
+        continue;
+      }
+      // Backward of `micro`: a stage holding another micro-batch's activations re-runs this
+      // one's forward from its saved input first (bitwise the same, as full recomputation).
+      if (current != micro) run_forward(micro, true);
+      if constexpr (kPipelined) {
+        if (S > 1 && s + 1 < S) {
+          parallel_.recv_stage(dout_.data(), n * c, s + 1, static_cast<int>(micro));
+          model_.set_stage_output_grad(dout_.data());
+        }
+      }
       last_micro_ = micro + 1 == a;
       model_.backward(st.loss_scale / static_cast<double>(pieces));
       last_micro_ = false;
-      parts[static_cast<std::size_t>(3 * micro)] = lp.total;
-      parts[static_cast<std::size_t>(3 * micro + 1)] = lp.ce;
-      parts[static_cast<std::size_t>(3 * micro + 2)] = lp.aux;
-      for (std::int64_t l = 0; l < model_.n_layers(); ++l) {
-        auto cnt = model_.expert_counts(l);
-        auto& acc = st.expert_counts[static_cast<std::size_t>(l)];
-        acc.resize(cnt.size(), 0);
-        for (std::size_t e = 0; e < cnt.size(); ++e) acc[e] += cnt[e];
-        if (const MoEStats* ms = model_.moe_stats(l)) st.moe[static_cast<std::size_t>(l)].accumulate(*ms, static_cast<double>(a));
+      if constexpr (kPipelined) {
+        if (S > 1 && s > 0) {
+          parallel_.wait_stage(din_sent_[slot]);
+          std::copy_n(model_.stage_input_grad(), n * c, din_[slot].data());
+          din_sent_[slot] = parallel_.send_stage(din_[slot].data(), n * c, s - 1, static_cast<int>(micro));
+        }
       }
       if (micro + 1 < a) {
         acc_.add(g);
@@ -281,6 +338,22 @@ class Trainer {
         model_.zero_grad();
       }
     }
+    if constexpr (kPipelined)
+      for (std::size_t i = 0; i < xout_sent_.size(); ++i) {
+        parallel_.wait_stage(xout_sent_[i]);
+        parallel_.wait_stage(din_sent_[i]);
+      }
+    std::vector<double> parts(static_cast<std::size_t>(3 * a));  // (total, ce, aux) of each local piece
+    if constexpr (kPipelined) parallel_.sum_stages(lparts.data(), static_cast<std::int64_t>(lparts.size()));
+    for (std::int64_t micro = 0; micro < a; ++micro) {
+      const double* lpp = lparts.data() + micro * (L + 1);
+      double aux = 0;
+      for (std::int64_t l = 0; l < L; ++l) aux += lpp[1 + l];
+      parts[static_cast<std::size_t>(3 * micro)] = lpp[0] + aux;
+      parts[static_cast<std::size_t>(3 * micro + 1)] = lpp[0];
+      parts[static_cast<std::size_t>(3 * micro + 2)] = aux;
+    }
+    if constexpr (kPipelined) gather_stage_stats(st);
     model_.set_mode(false);
     if (finished_ == 0) {  // a model without the gradient-ready hook
       acc_.finish(g, g, 0, total);
@@ -344,6 +417,10 @@ class Trainer {
       st.comm.bytes_sent += xchg_->take_bytes();
       st.comm.wait_s += xchg_->take_wait_s();
     }
+    if (tgroup_) {
+      st.comm.bytes_sent += tgroup_->take_bytes();
+      st.comm.wait_s += tgroup_->take_wait_s();
+    }
     return st;
   }
 
@@ -352,25 +429,43 @@ class Trainer {
   double evaluate(const BatchFn& batches, std::int64_t count) {
     model_.set_mode(false);
     const std::int64_t R = parallel_.size(), per = (count + R - 1) / R;
+    const std::int64_t b = cfg_.train.batch_size, t = cfg_.train.seq_len, nc = b * t * cfg_.model.d_model;
+    const int S = stages(), s = stage();
+    stage_buffers(S, nc);
     std::vector<double> mine(static_cast<std::size_t>(per), 0.0);
     for (std::int64_t j = 0; j < per; ++j) {
       // Every rank runs the same number of forwards (under expert parallelism each is a
-      // collective); a rank past the end repeats a batch and drops the result.
+      // collective); a rank past the end repeats a batch and drops the result. A pipeline
+      // passes each batch's activations down its stages; the last one has the loss.
       const std::int64_t i = j * R + parallel_.rank();
-      batches(i < count ? i : i % count, inputs_.data(), targets_.data());
-      const double ce = model_.forward(inputs_.data(), targets_.data(), cfg_.train.batch_size, cfg_.train.seq_len).ce;
+      batches(i < count ? i : i % count, ins_[0].data(), tgts_[0].data());
+      if constexpr (kPipelined)
+        if (S > 1 && s > 0) {
+          parallel_.recv_stage(xin_[0].data(), nc, s - 1, static_cast<int>(j));
+          model_.set_stage_input(xin_[0].data());
+        }
+      const double ce = model_.forward(ins_[0].data(), tgts_[0].data(), b, t).ce;
+      if constexpr (kPipelined)
+        if (S > 1 && s + 1 < S) {
+          comm::Pending p = parallel_.send_stage(model_.stage_output(), nc, s + 1, static_cast<int>(j));
+          parallel_.wait_stage(p);
+        }
       mine[static_cast<std::size_t>(j)] = i < count ? ce : 0.0;
     }
+    if constexpr (kPipelined) parallel_.sum_stages(mine.data(), per);  // the last stage's losses
     const std::vector<double> all = parallel_.gather(mine);  // [rank][j]: batch j R + rank
-    double s = 0;
-    for (std::int64_t i = 0; i < count; ++i) s += all[static_cast<std::size_t>((i % R) * per + i / R)];
-    return s / static_cast<double>(count);
+    double sum = 0;
+    for (std::int64_t i = 0; i < count; ++i) sum += all[static_cast<std::size_t>((i % R) * per + i / R)];
+    return sum / static_cast<double>(count);
   }
 
   // Continues `prompt` by `count` tokens: greedy when temperature == 0, else sampling from
   // softmax(logits / temperature) with Philox draws keyed by (seed, token index).
   std::vector<std::int32_t> generate(std::vector<std::int32_t> prompt, std::int64_t count, double temperature,
                                      std::uint64_t seed) {
+    if (stages() > 1)
+      throw Error("generation under pipeline parallelism", "Trainer::generate",
+                  "one process (or a grid without pipeline stages): save a checkpoint and sample from it");
     if (prompt.empty()) prompt.push_back(0);
     model_.set_mode(false);
     const std::int64_t v = cfg_.model.vocab_size, ctx = cfg_.model.context;
@@ -454,6 +549,90 @@ class Trainer {
   void release_staging() { staging_.clear(); }
 
  private:
+  static constexpr bool kPipelined = requires(Parallel& p) { p.stages(); };
+  int stages() const {
+    if constexpr (kPipelined) return parallel_.stages();
+    else return 1;
+  }
+  int stage() const {
+    if constexpr (kPipelined) return parallel_.stage();
+    else return 0;
+  }
+  // A slot per micro-batch a pipeline stage can have in flight: its token ids and targets,
+  // and (S > 1) its received input, sent output and sent input gradient; nc = B·T·C.
+  void stage_buffers(int S, std::int64_t nc) {
+    const std::int64_t n = cfg_.train.batch_size * cfg_.train.seq_len;
+    const std::size_t slots = static_cast<std::size_t>(S);
+    if (ins_.size() == slots) return;
+    ins_.clear();
+    tgts_.clear();
+    ins_.resize(slots);
+    tgts_.resize(slots);
+    for (std::size_t i = 0; i < slots; ++i) {
+      ins_[i].resize(Shape{n});
+      tgts_[i].resize(Shape{n});
+    }
+    if (S == 1) return;
+    for (auto* v : {&xin_, &xout_, &din_}) {
+      v->clear();
+      v->resize(slots);
+    }
+    for (std::size_t i = 0; i < slots; ++i)
+      for (auto* v : {&xin_[i], &xout_[i], &din_[i]}) v->resize(Shape{nc});
+    dout_.resize(Shape{nc});
+    xout_sent_.resize(slots);
+    din_sent_.resize(slots);
+  }
+  // Under pipeline parallelism a stage counted only its layers' expert statistics: every
+  // stage's layers are gathered (as numbers; term names as character codes).
+  void gather_stage_stats(StepStats& st) {
+    if constexpr (kPipelined) gather_stage_stats_impl(st);
+  }
+  void gather_stage_stats_impl(StepStats& st)
+    requires kPipelined
+  {
+    if (stages() == 1) return;
+    std::vector<double> mine;
+    auto put = [&](const auto& v) {
+      mine.push_back(static_cast<double>(v.size()));
+      for (auto x : v) mine.push_back(static_cast<double>(x));
+    };
+    for (std::int64_t l = model_.first_layer(); l < model_.first_layer() + model_.n_layers(); ++l) {
+      const MoEStats& m = st.moe[static_cast<std::size_t>(l)];
+      mine.push_back(static_cast<double>(l));
+      put(st.expert_counts[static_cast<std::size_t>(l)]);
+      put(m.tokens);
+      put(m.dropped);
+      put(m.bias);
+      mine.push_back(m.entropy);
+      mine.push_back(static_cast<double>(m.terms.size()));
+      for (const auto& [name, value] : m.terms) {
+        put(name);
+        mine.push_back(value);
+      }
+    }
+    const std::vector<double> all = parallel_.gather_stages(mine);
+    std::size_t at = 0;
+    auto get_count = [&] { return static_cast<std::size_t>(all[at++]); };
+    auto get = [&](auto& v) {
+      v.resize(get_count());
+      for (auto& x : v) x = static_cast<std::remove_reference_t<decltype(x)>>(all[at++]);
+    };
+    while (at < all.size()) {
+      const auto l = static_cast<std::size_t>(all[at++]);
+      MoEStats& m = st.moe[l];
+      get(st.expert_counts[l]);
+      get(m.tokens);
+      get(m.dropped);
+      get(m.bias);
+      m.entropy = all[at++];
+      m.terms.resize(get_count());
+      for (auto& [name, value] : m.terms) {
+        get(name);
+        value = all[at++];
+      }
+    }
+  }
   // The model this rank builds (its share of the experts under expert parallelism).
   ModelConfig layout(const ModelConfig& m) const {
     if constexpr (requires { parallel_.model_layout(m); }) return parallel_.model_layout(m);
@@ -518,7 +697,7 @@ class Trainer {
       part[c] = s;
     });
     if (parallel_.sharded()) {  // every cell, in flat order; owners recomputed for all
-      part = parallel_.gatherv(part);
+      part = parallel_.gather_shard_values(part);
       owner.clear();
       for (int i = 0; i < reg.size(); ++i)
         for (std::int64_t c0 = 0; c0 < reg[i].numel(); c0 += kSumSquaresChunk) owner.push_back(i);
@@ -529,7 +708,7 @@ class Trainer {
       if (per_param.empty() || per_param.back().first != gi) per_param.emplace_back(gi, 0.0);
       per_param.back().second += part[c];
     }
-    if constexpr (requires { parallel_.merge_expert_sums(per_param, reg); }) parallel_.merge_expert_sums(per_param, reg);
+    if constexpr (requires { parallel_.merge_sums(per_param, reg); }) parallel_.merge_sums(per_param, reg);
     std::sort(per_param.begin(), per_param.end());
     double total = 0;
     for (const auto& [gi, v] : per_param) total += v;
@@ -628,7 +807,11 @@ class Trainer {
   std::int64_t lo_ = 0, hi_ = 0;    // this rank's shard of the flat parameters (ZeRO-1), or all
   std::int64_t finished_ = 0;       // gradient elements finished in the last backward
   bool last_micro_ = false;
-  Tensor<std::int32_t> inputs_, targets_;
+  std::vector<Tensor<std::int32_t>> ins_, tgts_;  // per pipeline slot (one without stages)
+  std::vector<Tensor<T>> xin_, xout_, din_;        // per slot: a stage's activations in flight
+  Tensor<T> dout_;                                 // the received output gradient
+  std::vector<comm::Pending> xout_sent_, din_sent_;
+  std::unique_ptr<TensorGroup<T>> tgroup_;         // tensor parallelism (null without)
   std::function<void(T*, std::int64_t)> gradient_hook_;
   std::int64_t step_ = 0;
 };

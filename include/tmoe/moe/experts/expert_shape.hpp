@@ -19,6 +19,10 @@ struct ExpertShape {
   double norm_eps = 1e-5;        // model.norm_eps
   double rope_base = 10000.0;    // model.rope_base
   std::int64_t context = 0;      // model.context: the longest routed subsequence
+  // Tensor parallelism: this rank holds hidden units [tp_rank H / tp_size, ...) — the
+  // first matrices column-parallel, the output matrix row-parallel; the output is then
+  // this rank's partial sum, which the owner of the expert all-reduces.
+  int tp_size = 1, tp_rank = 0;
 };
 
 }  // namespace tmoe

@@ -26,6 +26,7 @@ struct GeluFFN {
     std::int64_t n = 0;
     bool exact = false;
     ExpertDropout drop;  // for the next forward and its backward (inactive by default)
+    std::uint64_t element0 = 0;  // this rank's first hidden unit (tensor parallelism)
 
     bool recompute_hidden = false;  // selective recomputation: a1, hid rebuilt in backward
 
@@ -38,8 +39,10 @@ struct GeluFFN {
 
     void declare(ParamRegistry& r, const std::string& name, const ExpertShape& s) {
       exact = s.gelu_exact;
-      w1.declare(r, name + ".w1", s.d_model, s.hidden, s.bias, s.tags, s.std);
-      w2.declare(r, name + ".w2", s.hidden, s.d_model, s.bias, s.tags, s.out_std);
+      using layers::TensorSplit;
+      w1.declare(r, name + ".w1", s.d_model, s.hidden, s.bias, s.tags, s.std, TensorSplit{TensorSplit::kColumn, s.tp_size, s.tp_rank});
+      w2.declare(r, name + ".w2", s.hidden, s.d_model, s.bias, s.tags, s.out_std, TensorSplit{TensorSplit::kRow, s.tp_size, s.tp_rank});
+      element0 = static_cast<std::uint64_t>(s.tp_rank) * static_cast<std::uint64_t>(w1.out);
     }
     void bind(const ParamRegistry& r, T* p, T* g) {
       w1.bind(r, p, g);
@@ -67,7 +70,7 @@ struct GeluFFN {
           ph[j] = ex ? layers::GeluErf::forward(pa[j]) : layers::GeluTanh::forward(pa[j]);
       });
       if (drop.hidden.active())
-        layers::dropout_rows<B>(drop.hidden, drop.token_offset, drop.tokens, drop.element_offset, ph, ph, rows, hdim);
+        layers::dropout_rows<B>(drop.hidden, drop.token_offset, drop.tokens, drop.element_offset + element0, ph, ph, rows, hdim);
     }
 
     void backward(const T* dy, T* dx, bool accumulate_dx) {
@@ -76,7 +79,7 @@ struct GeluFFN {
       dhid.ensure(Shape{rows, hdim});
       w2.backward(hid.data(), dy, dhid.data(), rows, false);
       if (drop.hidden.active())
-        layers::dropout_rows<B>(drop.hidden, drop.token_offset, drop.tokens, drop.element_offset, dhid.data(),
+        layers::dropout_rows<B>(drop.hidden, drop.token_offset, drop.tokens, drop.element_offset + element0, dhid.data(),
                                 dhid.data(), rows, hdim);
       T *pa = a1.data(), *pdh = dhid.data();
       const bool ex = exact;

@@ -24,6 +24,7 @@ struct SwiGLU {
     const T* x = nullptr;
     std::int64_t n = 0;
     ExpertDropout drop;  // for the next forward and its backward (inactive by default)
+    std::uint64_t element0 = 0;  // this rank's first hidden unit (tensor parallelism)
 
     bool recompute_hidden = false;  // selective recomputation: a1, a3, hid rebuilt in backward
 
@@ -36,9 +37,12 @@ struct SwiGLU {
     static std::int64_t floats_per_row(const ExpertShape& s) { return 6 * s.hidden; }
 
     void declare(ParamRegistry& r, const std::string& name, const ExpertShape& s) {
-      w1.declare(r, name + ".w1", s.d_model, s.hidden, s.bias, s.tags, s.std);
-      w3.declare(r, name + ".w3", s.d_model, s.hidden, s.bias, s.tags, s.std);
-      w2.declare(r, name + ".w2", s.hidden, s.d_model, s.bias, s.tags, s.out_std);
+      using layers::TensorSplit;
+      const TensorSplit col{TensorSplit::kColumn, s.tp_size, s.tp_rank}, row{TensorSplit::kRow, s.tp_size, s.tp_rank};
+      w1.declare(r, name + ".w1", s.d_model, s.hidden, s.bias, s.tags, s.std, col);
+      w3.declare(r, name + ".w3", s.d_model, s.hidden, s.bias, s.tags, s.std, col);
+      w2.declare(r, name + ".w2", s.hidden, s.d_model, s.bias, s.tags, s.out_std, row);
+      element0 = static_cast<std::uint64_t>(s.tp_rank) * static_cast<std::uint64_t>(w1.out);
     }
     void bind(const ParamRegistry& r, T* p, T* g) {
       w1.bind(r, p, g);
@@ -67,7 +71,7 @@ struct SwiGLU {
       T* ph = hid.data();
       B::swiglu_forward(a1.data(), a3.data(), ph, rows, hdim);
       if (drop.hidden.active())
-        layers::dropout_rows<B>(drop.hidden, drop.token_offset, drop.tokens, drop.element_offset, ph, ph, rows, hdim);
+        layers::dropout_rows<B>(drop.hidden, drop.token_offset, drop.tokens, drop.element_offset + element0, ph, ph, rows, hdim);
     }
 
     void backward(const T* dy, T* dx, bool accumulate_dx) {
@@ -78,7 +82,7 @@ struct SwiGLU {
       d3.ensure(Shape{rows, hdim});
       w2.backward(hid.data(), dy, dhid.data(), rows, false);
       if (drop.hidden.active())
-        layers::dropout_rows<B>(drop.hidden, drop.token_offset, drop.tokens, drop.element_offset, dhid.data(),
+        layers::dropout_rows<B>(drop.hidden, drop.token_offset, drop.tokens, drop.element_offset + element0, dhid.data(),
                                 dhid.data(), rows, hdim);
       T *pd1 = d1.data(), *pd3 = d3.data();
       B::swiglu_backward(dhid.data(), a1.data(), a3.data(), pd1, pd3, rows, hdim);

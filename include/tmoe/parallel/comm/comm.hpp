@@ -73,6 +73,7 @@ concept Comm = requires(C& c, const C& cc, float* f, double* d, const double* cd
   { c.iallgather(f, b) } -> std::same_as<Pending>;
   c.allgather(cd, n, d);
   c.send(cd, n, 0, 0);
+  { c.isend(cd, n, 0, 0) } -> std::same_as<Pending>;
   c.recv(d, n, 0, 0);
   { cc.split(0, 0) } -> std::same_as<C>;
 };

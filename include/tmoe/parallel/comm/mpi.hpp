@@ -213,6 +213,14 @@ class Mpi {
   void send(const T* x, std::int64_t n, int peer, int tag) {
     detail::check(MPI_Send(x, detail::count(n, "MPI_Send"), detail::mpi_type<T>(), peer, tag, comm_->c), "MPI_Send");
   }
+  // Non-blocking send: x must stay unchanged until the Pending is waited for.
+  template <class T>
+  Pending isend(const T* x, std::int64_t n, int peer, int tag) {
+    auto req = std::make_shared<MPI_Request>(MPI_REQUEST_NULL);
+    detail::check(MPI_Isend(x, detail::count(n, "MPI_Isend"), detail::mpi_type<T>(), peer, tag, comm_->c, req.get()),
+                  "MPI_Isend");
+    return Pending([req] { detail::check(MPI_Wait(req.get(), MPI_STATUS_IGNORE), "MPI_Wait (send)"); });
+  }
   template <class T>
   void recv(T* x, std::int64_t n, int peer, int tag) {
     detail::check(MPI_Recv(x, detail::count(n, "MPI_Recv"), detail::mpi_type<T>(), peer, tag, comm_->c, MPI_STATUS_IGNORE),

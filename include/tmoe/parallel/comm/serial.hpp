@@ -41,6 +41,10 @@ struct Serial {
     throw Error(detail::cat("send to rank ", peer), "comm::Serial", "a peer in a group of one rank (there is none)");
   }
   template <class T>
+  Pending isend(const T*, std::int64_t, int peer, int) {
+    throw Error(detail::cat("send to rank ", peer), "comm::Serial", "a peer in a group of one rank (there is none)");
+  }
+  template <class T>
   void recv(T*, std::int64_t, int peer, int) {
     throw Error(detail::cat("receive from rank ", peer), "comm::Serial", "a peer in a group of one rank (there is none)");
   }
