@@ -227,19 +227,9 @@ class DataParallel {
         mine.push_back(static_cast<double>(gi));
         mine.push_back(v);
       }
-    std::vector<std::int64_t> counts(static_cast<std::size_t>(experts_.size()));
-    const std::int64_t m = static_cast<std::int64_t>(mine.size());
-    timed([&] { experts_.allgather(&m, 1, counts.data()); });
-    std::int64_t total = 0;
-    for (auto c : counts) total += c;
-    std::vector<double> all(static_cast<std::size_t>(total));
-    timed([&] { experts_.allgatherv(mine.data(), std::span<const std::int64_t>(counts), all.data()); });
-    std::int64_t at = 0;
-    for (int q = 0; q < experts_.size(); ++q) {
-      if (q != experts_.rank())
-        for (std::int64_t i = 0; i < counts[q]; i += 2) sums.emplace_back(static_cast<int>(all[at + i]), all[at + i + 1]);
-      at += counts[q];
-    }
+    const std::vector<double> all = gatherv_over(experts_, mine);  // every rank's experts, ours too
+    std::erase_if(sums, [&](const auto& e) { return reg[reg_index_of(reg, e.first)].has(kTagExpert); });
+    for (std::size_t i = 0; i < all.size(); i += 2) sums.emplace_back(static_cast<int>(all[i]), all[i + 1]);
   }
   C& world() { return world_; }
   CommCounters& counters() { return counters_; }
