@@ -1,4 +1,4 @@
-// Pipeline parallelism (alone, with data parallelism and with ZeRO-1) over MPI against one
+// Pipeline parallelism (alone, with data and expert parallelism and with ZeRO-1) over MPI against one
 // process on the same global batch. The 1F1B schedule runs each micro-batch's backward in
 // order, a stage recomputes a micro-batch's activations from its saved input before its
 // backward, and the losses are folded over the layers in the one-process order: with the
@@ -116,6 +116,19 @@ BOOST_AUTO_TEST_CASE(zero_x_pipeline_bitwise) {
   c.parallel.zero = true;
   check_bitwise<test::MoeModel>(c);
   check_bitwise<test::MoeModel, MixedFp16>(c);
+}
+
+BOOST_AUTO_TEST_CASE(expert_x_pipeline_bitwise) {
+  // Each stage's MoE layers split their experts over the expert group; the ranks of an
+  // expert group run the same schedule, so their all-to-alls (recomputed forwards too) meet.
+  const int R = test::world_size();
+  if (R < 4) return;
+  for (std::int64_t pieces : {1, 2}) {
+    Config c = grid_config(1, 2, pieces);
+    c.parallel.expert = 2;
+    c.train.grad_accum = 2 * pieces;
+    check_bitwise<test::MoeModel>(c);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(checkpoints_between_pipeline_and_other_layouts) {

@@ -195,11 +195,7 @@ BOOST_AUTO_TEST_CASE(bad_tensor_layouts_are_refused) {
   } catch (const Error& e) {
     BOOST_TEST(std::string(e.what()).find("TransformerExpert") != std::string::npos, e.what());
   }
-  c = grid_config(1, R, 1, 1);
-  c.parallel.tensor = 1;
-  c.parallel.expert = R;
-  c.parallel.pipeline = 1;
-  Config both = c;
+  Config both = grid_config(1, R, 1, 1);
   if (R >= 4) {
     both.parallel.tensor = 2;
     both.parallel.expert = 2;

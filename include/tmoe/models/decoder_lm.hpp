@@ -72,7 +72,7 @@ struct DecoderLM {
       auto elsewhere = [&](auto&& declare_into) {
         ParamRegistry other;
         declare_into(other);
-        registry_.skip(other.size());
+        registry_.skip(other.global_size());  // with the experts it would skip itself
       };
       auto declare_embeddings = [&](ParamRegistry& r) {
         const int w = r.add("embed.weight", Shape{v, c}, kTagEmbedding, Init::kNormal, cfg.init_std);

@@ -103,10 +103,9 @@ class DataParallel {
                                  grid_.data_rank)),
         tensors_(world.split(grid_.rank / grid_.tensor, grid_.tensor_rank)),
         stages_(world.split(grid_.rank % (grid_.data * grid_.expert * grid_.tensor), grid_.pipeline_rank)) {
-    if (grid_.expert > 1 && (grid_.tensor > 1 || grid_.pipeline > 1))
+    if (grid_.expert > 1 && grid_.tensor > 1)
       throw Error(detail::cat("grid ", grid_.describe()), "parallel.expert",
-                  "expert parallelism with data parallelism only (expert x tensor and expert x pipeline are not "
-                  "available yet)");
+                  "expert parallelism without tensor parallelism (expert x tensor is not available yet)");
     if (cfg.parallel.powersgd_rank > 0) {
       if (zero_ || grid_.expert > 1)
         throw Error("parallel.powersgd_rank with parallel.zero or parallel.expert > 1", "parallel.powersgd_rank",
@@ -209,7 +208,18 @@ class DataParallel {
           ++k;
         }
     }
-    if (stages() > 1) {
+    if (expert_parallel()) {
+      std::vector<double> mine;
+      for (const auto& [gi, v] : sums)
+        if (reg[reg_index_of(reg, gi)].has(kTagExpert)) {
+          mine.push_back(static_cast<double>(gi));
+          mine.push_back(v);
+        }
+      const std::vector<double> all = gatherv_over(experts_, mine);  // every rank's experts, ours too
+      std::erase_if(sums, [&](const auto& e) { return reg[reg_index_of(reg, e.first)].has(kTagExpert); });
+      for (std::size_t i = 0; i < all.size(); i += 2) sums.emplace_back(static_cast<int>(all[i]), all[i + 1]);
+    }
+    if (stages() > 1) {  // every stage's parameters (this stage's complete by now)
       std::vector<double> mine;
       for (const auto& [gi, v] : sums) {
         mine.push_back(static_cast<double>(gi));
@@ -218,18 +228,7 @@ class DataParallel {
       const std::vector<double> all = gatherv_over(stages_, mine);
       sums.clear();
       for (std::size_t i = 0; i < all.size(); i += 2) sums.emplace_back(static_cast<int>(all[i]), all[i + 1]);
-      return;
     }
-    if (!expert_parallel()) return;
-    std::vector<double> mine;
-    for (const auto& [gi, v] : sums)
-      if (reg[reg_index_of(reg, gi)].has(kTagExpert)) {
-        mine.push_back(static_cast<double>(gi));
-        mine.push_back(v);
-      }
-    const std::vector<double> all = gatherv_over(experts_, mine);  // every rank's experts, ours too
-    std::erase_if(sums, [&](const auto& e) { return reg[reg_index_of(reg, e.first)].has(kTagExpert); });
-    for (std::size_t i = 0; i < all.size(); i += 2) sums.emplace_back(static_cast<int>(all[i]), all[i + 1]);
   }
   C& world() { return world_; }
   CommCounters& counters() { return counters_; }

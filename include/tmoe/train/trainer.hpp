@@ -292,7 +292,6 @@ class Trainer {
         if constexpr (kPipelined) {
           if (S > 1 && s > 0) parallel_.recv_stage(xin_[slot].data(), n * c, s - 1, static_cast<int>(micro));
         }
-        if (xchg_) xchg_->begin_micro();
         const LossParts lp = run_forward(micro, false);
         double* lpp = lparts.data() + micro * (L + 1);
         lpp[0] = lp.ce;
@@ -322,6 +321,7 @@ class Trainer {
           model_.set_stage_output_grad(dout_.data());
         }
       }
+      if (xchg_) xchg_->begin_micro();  // expert gradient slots: this micro-batch's only
       last_micro_ = micro + 1 == a;
       model_.backward(st.loss_scale / static_cast<double>(pieces));
       last_micro_ = false;
