@@ -15,6 +15,23 @@
 
 namespace tmoe::test {
 
+// The layout tests' run: tiny_model, 3 steps of 2 x 16-token micro-batches, clip 0.5, on
+// the grid data x expert x tensor x pipeline, with pieces_per_replica micro-
+// batches on each data x expert replica.
+inline Config layout_config(int data, int expert, int tensor, int pipeline, std::int64_t pieces_per_replica) {
+  Config c = tiny_train_config();
+  c.train.batch_size = 2;
+  c.train.seq_len = 16;
+  c.train.grad_accum = pieces_per_replica * data * expert;
+  c.train.steps = 3;
+  c.train.grad_clip = 0.5;
+  c.parallel.data = data;
+  c.parallel.expert = expert;
+  c.parallel.tensor = tensor;
+  c.parallel.pipeline = pipeline;
+  return c;
+}
+
 struct LayoutTrace {
   std::vector<double> loss, ce, norm;
   std::map<std::string, std::vector<double>> params, state;  // by global name

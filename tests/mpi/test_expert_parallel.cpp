@@ -29,15 +29,8 @@ using Dp = DataParallel<comm::Mpi>;
 
 // data x expert = world; pieces_per_rank micro-batches on each of them.
 Config grid_config(int data, int expert, std::int64_t pieces_per_rank) {
-  Config c = test::tiny_train_config();
+  Config c = test::layout_config(data, expert, 1, 1, pieces_per_rank);
   c.model.n_experts = 4;
-  c.train.batch_size = 2;
-  c.train.seq_len = 16;
-  c.train.grad_accum = pieces_per_rank * data * expert;
-  c.train.steps = 3;
-  c.train.grad_clip = 0.5;
-  c.parallel.data = data;
-  c.parallel.expert = expert;
   return c;
 }
 

@@ -29,16 +29,9 @@ using Dp = DataParallel<comm::Mpi>;
 
 // data x pipeline = world; 4 layers; pieces_per_replica micro-batches on each replica.
 Config grid_config(int data, int pipeline, std::int64_t pieces_per_replica) {
-  Config c = test::tiny_train_config();
+  Config c = test::layout_config(data, 1, 1, pipeline, pieces_per_replica);
   c.model.n_layers = 4;
   c.model.tie_embeddings = false;
-  c.train.batch_size = 2;
-  c.train.seq_len = 16;
-  c.train.grad_accum = pieces_per_replica * data;
-  c.train.steps = 3;
-  c.train.grad_clip = 0.5;
-  c.parallel.data = data;
-  c.parallel.pipeline = pipeline;
   return c;
 }
 

@@ -33,19 +33,11 @@ constexpr double kTolFp64 = 1e-9, kTolFp32 = 2e-4;
 
 // data x tensor x pipeline = world; 4 heads, widths divisible by 4.
 Config grid_config(int data, int tensor, int pipeline, std::int64_t pieces_per_replica) {
-  Config c = test::tiny_train_config();
+  Config c = test::layout_config(data, 1, tensor, pipeline, pieces_per_replica);
   c.model.d_ff = 48;
   c.model.d_expert = 24;
   c.model.n_layers = 2 * pipeline;
   c.model.tie_embeddings = pipeline == 1;
-  c.train.batch_size = 2;
-  c.train.seq_len = 16;
-  c.train.grad_accum = pieces_per_replica * data;
-  c.train.steps = 3;
-  c.train.grad_clip = 0.5;
-  c.parallel.data = data;
-  c.parallel.tensor = tensor;
-  c.parallel.pipeline = pipeline;
   return c;
 }
 

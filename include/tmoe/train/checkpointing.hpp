@@ -85,14 +85,29 @@ inline bool data_stream_field(std::string_view f) {
   return false;
 }
 
-// One rank's parameters and their state (every view: params, then each optimizer slot).
+// One rank's parameters and their state (every view: params, then each optimizer slot):
+// parameter k of view v is at base[v] + at[k]. This rank's own share points into the
+// trainer's views (no copy); a received one into its storage, packed view after view.
 template <class M>
 struct Share {
   std::vector<ParamInfo> params;
-  std::vector<std::int64_t> at;  // each parameter's start within one view's part of data
-  std::int64_t per_view = 0;
-  const M* data = nullptr;
+  std::vector<std::int64_t> at;
+  std::vector<const M*> base;
   std::vector<M> storage;  // a received share
+
+  const M* data(std::size_t view, std::size_t k) const { return base[view] + at[k]; }
+  // Storage for a received share: every view's parameters packed in order, view after view.
+  void pack(std::size_t views) {
+    std::int64_t per_view = 0;
+    at.clear();
+    for (const ParamInfo& p : params) {
+      at.push_back(per_view);
+      per_view += p.numel();
+    }
+    storage.resize(static_cast<std::size_t>(per_view) * views);
+    base.clear();
+    for (std::size_t v = 0; v < views; ++v) base.push_back(storage.data() + static_cast<std::int64_t>(v) * per_view);
+  }
 };
 
 template <class M, class View>
@@ -100,13 +115,9 @@ Share<M> own_share(const ParamRegistry& reg, const std::vector<View>& views) {
   Share<M> sh;
   for (const ParamInfo& p : reg.params()) {
     sh.params.push_back(p);
-    sh.at.push_back(sh.per_view);
-    sh.per_view += p.numel();
+    sh.at.push_back(p.offset);
   }
-  sh.storage.reserve(static_cast<std::size_t>(sh.per_view) * views.size());
-  for (const auto& v : views)
-    for (const ParamInfo& p : reg.params()) sh.storage.insert(sh.storage.end(), v.data + p.offset, v.data + p.offset + p.numel());
-  sh.data = sh.storage.data();
+  for (const auto& v : views) sh.base.push_back(v.data);
   return sh;
 }
 
@@ -153,11 +164,15 @@ std::vector<Share<M>> gather_shares(Par& par, const ParamRegistry& reg, const st
   const bool sender = g.data_rank == 0;
   if (!par.is_root()) {
     if (sender) {
+      std::vector<M> packed;
+      for (std::size_t v = 0; v < views.size(); ++v)
+        for (std::size_t k = 0; k < mine.params.size(); ++k)
+          packed.insert(packed.end(), mine.data(v, k), mine.data(v, k) + mine.params[k].numel());
       const std::string text = describe_share(mine.params);
-      const std::int64_t head[2] = {static_cast<std::int64_t>(text.size()), static_cast<std::int64_t>(mine.storage.size())};
+      const std::int64_t head[2] = {static_cast<std::int64_t>(text.size()), static_cast<std::int64_t>(packed.size())};
       world.send(head, 2, 0, kTag);
       world.send(text.data(), head[0], 0, kTag);
-      world.send(mine.storage.data(), head[1], 0, kTag);
+      world.send(packed.data(), head[1], 0, kTag);
     }
     return out;
   }
@@ -171,13 +186,8 @@ std::vector<Share<M>> gather_shares(Par& par, const ParamRegistry& reg, const st
     world.recv(text.data(), head[0], q, kTag);
     Share<M> sh;
     sh.params = parse_share(text);
-    for (const ParamInfo& p : sh.params) {
-      sh.at.push_back(sh.per_view);
-      sh.per_view += p.numel();
-    }
-    sh.storage.resize(static_cast<std::size_t>(head[1]));
+    sh.pack(views.size());  // head[1] elements: the sender packs the same way
     world.recv(sh.storage.data(), head[1], q, kTag);
-    sh.data = sh.storage.data();
     out.push_back(std::move(sh));
   }
   return out;
@@ -207,7 +217,7 @@ struct WholeTensors {
         const ParamInfo& p = sh.params[k];
         const std::vector<std::int64_t> full(p.full.dims.begin(), p.full.dims.begin() + p.full.rank);
         for (std::size_t v = 0; v < views.size(); ++v) {
-          const M* data = sh.data + sh.at[k] + static_cast<std::int64_t>(v) * sh.per_view;
+          const M* data = sh.data(v, k);
           const std::string key = std::to_string(v) + "|" + p.name;
           if (!p.is_split()) {  // replicated copies (tensor group) are equal: the first one
             if (seen.insert(key).second) refs.push_back({static_cast<int>(v), io::TensorRef{p.name, dtype, full, data}});
@@ -258,8 +268,6 @@ void save_weights(const std::string& path, Tr& trainer, const std::map<std::stri
 template <class Tr>
 std::string save_checkpoint(io::CheckpointDir& dir, Tr& trainer, const nlohmann::json& data_state) {
   using M = typename Tr::M;
-  const auto& model = trainer.model();
-  const auto& reg = model.registry();
   const Config& cfg = trainer.config();
   const std::string dtype = std::is_same_v<M, float> ? "F32" : "F64";
   // Every rank takes part (the ZeRO-1 shards are gathered); the first rank of the job
