@@ -20,6 +20,9 @@
 namespace tmoe {
 
 struct HostSpace {};
+// Device memory of the CUDA backend; Tensor<T, CudaSpace> is defined in
+// backend/cuda/tensor.hpp (nvcc translation units only).
+struct CudaSpace {};
 
 constexpr int kMaxRank = 4;
 
