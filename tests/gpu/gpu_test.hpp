@@ -4,7 +4,11 @@
 // relative error ‖gpu − ref‖ / ‖ref‖ the ops are judged by, random inputs, and poisoned
 // outputs (0xff bytes: NaN in fp32/bf16/fp16) so that elements a kernel fails to write are
 // caught.
+#if defined(TMOE_BOOST_TEST_HEADER_ONLY)
+#include <boost/test/included/unit_test.hpp>  // GPU machine: Boost's headers only
+#else
 #include <boost/test/unit_test.hpp>
+#endif
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
