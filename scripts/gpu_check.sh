@@ -16,13 +16,13 @@ summary=$out/summary.md
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$out/progress.log"; }
 
-# Boost.Test headers: the system's, or the carried .deb unpacked into a prefix.
+# Boost.Test and Eigen headers: the system's, or the carried .debs unpacked into a prefix.
+prefix=/tmp/tmoe-deps
+for f in "$root"/.gpu-deps/*.deb; do [ -f "$f" ] && dpkg -x "$f" $prefix; done
 boost_inc=/usr/include
-if [ ! -f $boost_inc/boost/test/included/unit_test.hpp ]; then
-  prefix=/tmp/tmoe-deps
-  for f in "$root"/.gpu-deps/*.deb; do [ -f "$f" ] && dpkg -x "$f" $prefix; done
-  boost_inc=$prefix/usr/include
-fi
+[ -f $boost_inc/boost/test/included/unit_test.hpp ] || boost_inc=$prefix/usr/include
+eigen_dir=""
+[ -d $prefix/usr/share/eigen3/cmake ] && eigen_dir=$prefix/usr/share/eigen3/cmake
 # NCCL: the toolkit's, or the nvidia-nccl wheel's that PyTorch brings.
 nccl_root=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))' 2>/dev/null || true)
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
@@ -31,7 +31,7 @@ stamp "configure (boost $boost_inc, nccl ${nccl_root:-toolkit})"
 gen=""
 command -v ninja >/dev/null && gen="-G Ninja"
 cmake -S "$root" -B "$build" $gen -DTMOE_GPU_ONLY=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DTMOE_BOOST_INCLUDE="$boost_inc" ${nccl_root:+-DTMOE_NCCL_ROOT=$nccl_root} > "$out/configure.log" 2>&1
+  -DTMOE_BOOST_INCLUDE="$boost_inc" ${eigen_dir:+-DEigen3_DIR=$eigen_dir} ${nccl_root:+-DTMOE_NCCL_ROOT=$nccl_root} > "$out/configure.log" 2>&1
 cfg=$?
 stamp "build"
 build_rc=1
@@ -49,6 +49,7 @@ for t in "$build"/tests/gpu/gpu_test_*; do
 done
 stamp "benchmarks"
 [ -x "$build/bench/gpu/bench_cuda_ops" ] && timeout 120 "$build/bench/gpu/bench_cuda_ops" > "$out/bench_cuda_ops.jsonl" 2>&1
+[ -x "$build/bench/gpu/bench_cuda_train_step" ] && timeout 240 "$build/bench/gpu/bench_cuda_train_step" > "$out/bench_cuda_train_step.jsonl" 2>&1
 PYTHONUNBUFFERED=1 timeout 180 python3 "$root/bench/gpu/peer_torch_cuda.py" > "$out/peer_torch_cuda.jsonl" 2>&1
 stamp "done"
 
@@ -64,7 +65,7 @@ stamp "done"
   echo
   echo "## Benchmarks"
   echo '```'
-  cat "$out/bench_cuda_ops.jsonl" "$out/peer_torch_cuda.jsonl" 2>/dev/null
+  cat "$out/bench_cuda_ops.jsonl" "$out/bench_cuda_train_step.jsonl" "$out/peer_torch_cuda.jsonl" 2>/dev/null
   echo '```'
 } > "$summary"
 cat "$summary"

@@ -10,6 +10,8 @@
 // asked for with gemm_exact (the MoE router), the residual stream (sums in the layers), and
 // reductions (losses, statistics).
 #include <cstdint>
+
+#include "tmoe/core/macros.hpp"
 #include <span>
 #include <utility>
 
@@ -29,7 +31,7 @@ struct Stored : B {
   template <class T>
   static void round_to_storage(T* x, std::int64_t n) {
     constexpr std::int64_t kChunk = 4096;
-    B::for_rows((n + kChunk - 1) / kChunk, [=](std::int64_t blk) {
+    B::for_rows((n + kChunk - 1) / kChunk, [=] TMOE_LAMBDA (std::int64_t blk) {
       const std::int64_t i1 = std::min(n, (blk + 1) * kChunk);
       for (std::int64_t i = blk * kChunk; i < i1; ++i) x[i] = static_cast<T>(S::round(static_cast<float>(x[i])));
     });
@@ -37,7 +39,7 @@ struct Stored : B {
   template <class T>
   static void round_rows(T* c, std::int64_t m, std::int64_t n, std::int64_t ldc) {
     if (ldc == n) return round_to_storage(c, m * n);
-    B::for_rows(m, [=](std::int64_t r) {
+    B::for_rows(m, [=] TMOE_LAMBDA (std::int64_t r) {
       for (std::int64_t j = 0; j < n; ++j) c[r * ldc + j] = static_cast<T>(S::round(static_cast<float>(c[r * ldc + j])));
     });
   }

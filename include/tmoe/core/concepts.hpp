@@ -21,7 +21,9 @@ struct ExpertShape;
 namespace detail {
 // A stand-in backend used only to name policy implementations inside concepts; no member
 // body is ever instantiated with it.
-struct NoBackend {};
+struct NoBackend {
+  using Space = HostSpace;
+};
 }  // namespace detail
 
 template <class P>

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "tmoe/core/config.hpp"
 #include "tmoe/core/error.hpp"
@@ -37,9 +38,9 @@ struct CausalAttention {
     bool store_probs = true;          // false: backward recomputes the probabilities
     AttentionOptions opt;             // of the last forward
     layers::Linear<T, B> qkv_proj, out_proj;
-    Tensor<T> qkv, att, y, dqkv, dy;  // saved activations (B,T,3C), (B,H,T,T), (B,T,C)
-    Tensor<T> cos_t, sin_t;           // (T, hd/2)
-    Tensor<T> dxs;                    // a partial input gradient to add (tensor parallelism)
+    BackendTensor<B, T> qkv, att, y, dqkv, dy;  // saved activations (B,T,3C), (B,H,T,T), (B,T,C)
+    BackendTensor<B, T> cos_t, sin_t;           // (T, hd/2)
+    BackendTensor<B, T> dxs;                    // a partial input gradient to add (tensor parallelism)
     const T* x = nullptr;
     std::int64_t bsz = 0, len = 0;
 
@@ -94,12 +95,16 @@ struct CausalAttention {
         const std::int64_t half = cl / h / 2;
         cos_t.resize(Shape{t, half});
         sin_t.resize(Shape{t, half});
+        // The angle tables are made on the host and copied to the backend's memory.
+        std::vector<T> ct(static_cast<std::size_t>(t * half)), st(ct.size());
         for (std::int64_t p = 0; p < t; ++p)
           for (std::int64_t i = 0; i < half; ++i) {
             const double theta = std::pow(rope_base, -2.0 * static_cast<double>(i) / static_cast<double>(2 * half));
-            cos_t[p * half + i] = static_cast<T>(std::cos(static_cast<double>(p) * theta));
-            sin_t[p * half + i] = static_cast<T>(std::sin(static_cast<double>(p) * theta));
+            ct[static_cast<std::size_t>(p * half + i)] = static_cast<T>(std::cos(static_cast<double>(p) * theta));
+            st[static_cast<std::size_t>(p * half + i)] = static_cast<T>(std::sin(static_cast<double>(p) * theta));
           }
+        B::copy_from_host(ct.data(), t * half, cos_t.data());
+        B::copy_from_host(st.data(), t * half, sin_t.data());
       }
     }
 
@@ -143,8 +148,7 @@ struct CausalAttention {
       }
       qkv_proj.backward(x, dqkv.data(), target, n, false);
       tensor_allreduce(tg, target, n * c);
-      if (accumulate_dx)
-        for (std::int64_t i = 0; i < n * c; ++i) dx[i] += target[i];
+      if (accumulate_dx) layers::add_into<B>(target, dx, n * c);
     }
 
     // Matrix FLOPs per token, forward + backward (DESIGN.md performance model counts the

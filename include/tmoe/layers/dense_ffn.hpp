@@ -9,6 +9,7 @@
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
 #include "tmoe/core/error.hpp"
+#include "tmoe/layers/dropout.hpp"
 #include "tmoe/layers/tensor_group.hpp"
 #include "tmoe/moe/experts/expert_shape.hpp"
 #include "tmoe/moe/routing.hpp"
@@ -29,7 +30,7 @@ struct Dense {
     typename ExpertP::template impl<T, B> ffn;
     ExpertShape shape;
     TensorGroup<T>* tg = nullptr;
-    Tensor<T> dxs;  // a partial input gradient to add (tensor parallelism, accumulate_dx)
+    BackendTensor<B, T> dxs;  // a partial input gradient to add (tensor parallelism, accumulate_dx)
     void declare(ParamRegistry& r, const std::string& name, const ModelConfig& cfg) {
       shape = ExpertShape{cfg.d_model, cfg.d_ff, cfg.linear_bias, kTagFfn, cfg.init_std,
                           cfg.init_std / std::sqrt(2.0 * static_cast<double>(cfg.n_layers)), cfg.gelu_exact};
@@ -59,8 +60,7 @@ struct Dense {
       }
       ffn.backward(dout, target, false);
       tensor_allreduce(tg, target, n);
-      if (accumulate_dx)
-        for (std::int64_t i = 0; i < n; ++i) dx[i] += target[i];
+      if (accumulate_dx) layers::add_into<B>(target, dx, n);
     }
     double loss() const { return 0.0; }
     void set_selective(bool) {}  // a dense layer keeps its activations under selective recompute

@@ -145,12 +145,21 @@ struct ExpertDropout {
 
 namespace layers {
 
+// dst[i] += src[i] for n elements, in backend B's memory (blocks of 1024 per work item).
+template <class B, class T>
+void add_into(const T* src, T* dst, std::int64_t n) {
+  B::for_rows((n + 1023) / 1024, [=] TMOE_LAMBDA (std::int64_t blk) {
+    const std::int64_t i1 = n < (blk + 1) * 1024 ? n : (blk + 1) * 1024;
+    for (std::int64_t i = blk * 1024; i < i1; ++i) dst[i] += src[i];
+  });
+}
+
 // y (rows, width) = x with mask m applied to row r as token token_offset + (tokens ?
 // tokens[r] : r), elements element0 + j; x == y allowed. For an active mask only.
 template <class B, class T>
 void dropout_rows(const DropoutMask& m, std::int64_t token_offset, const std::int32_t* tokens, std::uint64_t element0,
                   const T* x, T* y, std::int64_t rows, std::int64_t width) {
-  B::for_rows(rows, [=](std::int64_t r) {
+  B::for_rows(rows, [=] TMOE_LAMBDA (std::int64_t r) {
     const std::int64_t tok = token_offset + (tokens ? tokens[r] : r);
     m.apply(static_cast<std::uint64_t>(tok), element0, width, x + r * width, y + r * width);
   });
@@ -160,7 +169,7 @@ void dropout_rows(const DropoutMask& m, std::int64_t token_offset, const std::in
 template <class B, class T>
 void dropout_add(const DropoutMask& m, std::int64_t token_offset, const T* a, const T* b, T* out, std::int64_t rows,
                  std::int64_t width) {
-  B::for_rows(rows, [=](std::int64_t r) {
+  B::for_rows(rows, [=] TMOE_LAMBDA (std::int64_t r) {
     const T s = static_cast<T>(m.scale);
     const auto tok = static_cast<std::uint32_t>(token_offset + r);
     const T *ar = a + r * width, *br = b + r * width;

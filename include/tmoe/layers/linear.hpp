@@ -2,6 +2,8 @@
 // Linear layer y = x Wᵀ (+ b), W stored (out, in) as PyTorch's nn.Linear.
 //   backward: dx (+)= dy W;  dW += dyᵀ x (summed over tokens in fixed chunks);  db += Σ dy.
 #include <cstdint>
+
+#include "tmoe/core/macros.hpp"
 #include <string>
 
 #include "tmoe/core/registry.hpp"
@@ -57,7 +59,7 @@ struct Linear {
     if (bias && add_bias) {
       const T* bb = bias.w;
       const std::int64_t o = out;
-      B::for_rows(n, [=](std::int64_t i) {
+      B::for_rows(n, [=] TMOE_LAMBDA (std::int64_t i) {
         for (std::int64_t j = 0; j < o; ++j) y[i * o + j] += bb[j];
       });
     }
@@ -70,7 +72,7 @@ struct Linear {
     B::gemm(B::Trans::kYes, B::Trans::kNo, out, in, n, T(1), dy, x, T(1), weight.g);
     if (bias) {
       const std::int64_t o = out;
-      B::reduce_rows(n, o, bias.g, [=](std::int64_t i, double* acc) {
+      B::reduce_rows(n, o, bias.g, [=] TMOE_LAMBDA (std::int64_t i, double* acc) {
         for (std::int64_t j = 0; j < o; ++j) acc[j] += dy[i * o + j];
       });
     }

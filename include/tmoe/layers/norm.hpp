@@ -15,7 +15,7 @@ struct RmsNorm {
     std::int64_t c = 0;
     double eps = 1e-5;
     Param<T> weight;
-    Tensor<T> rstd;       // (N)
+    BackendTensor<B, T> rstd;       // (N)
     const T* x = nullptr; // saved input (N, C)
 
     void declare(ParamRegistry& r, const std::string& name, std::int64_t width, double epsilon) {
@@ -44,7 +44,7 @@ struct LayerNorm {
     std::int64_t c = 0;
     double eps = 1e-5;
     Param<T> weight, bias;
-    Tensor<T> mean, rstd;  // (N)
+    BackendTensor<B, T> mean, rstd;  // (N)
     const T* x = nullptr;
 
     void declare(ParamRegistry& r, const std::string& name, std::int64_t width, double epsilon) {

@@ -9,9 +9,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+
+#include "tmoe/core/macros.hpp"
 #include <functional>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "tmoe/core/concepts.hpp"
@@ -165,24 +168,31 @@ struct DecoderLM {
 
     // Normal(0, std) from Philox keyed (seed, 0, init site, parameter index), element index
     // within the parameter: independent of layout, threads and declaration of other params.
+    // The values are made on the host (copied to the backend's memory on a GPU).
     void init(std::uint64_t seed) {
+      std::vector<T> staging;
       for (int i = 0; i < registry_.size(); ++i) {
         const ParamInfo& pi = registry_[i];
         T* w = params_.data() + pi.offset;
+        if constexpr (!kHost) {
+          staging.resize(static_cast<std::size_t>(pi.numel()));
+          w = staging.data();
+        }
         const RngKey key{seed, 0, site_id(Site::kInit), static_cast<std::uint32_t>(pi.global_index)};
         for (std::int64_t j = 0; j < pi.numel(); ++j)
           w[j] = pi.init == Init::kOnes ? T(1)
                : pi.init == Init::kZeros ? T(0)
                                          : static_cast<T>(pi.init_std * key.normal(static_cast<std::uint64_t>(pi.full_index(j))));
+        if constexpr (!kHost) B::copy_from_host(w, pi.numel(), params_.data() + pi.offset);
       }
     }
     void zero_grad() {
       constexpr std::int64_t kBlock = 1 << 16;
       T* g = grads_.data();
       const std::int64_t n = grads_.numel();
-      B::for_rows((n + kBlock - 1) / kBlock, [=](std::int64_t blk) {
-        const std::int64_t i0 = blk * kBlock;
-        std::fill(g + i0, g + std::min(n, i0 + kBlock), T(0));
+      B::for_rows((n + kBlock - 1) / kBlock, [=] TMOE_LAMBDA (std::int64_t blk) {
+        const std::int64_t i0 = blk * kBlock, i1 = n < i0 + kBlock ? n : i0 + kBlock;
+        for (std::int64_t i = i0; i < i1; ++i) g[i] = T(0);
       });
     }
 
@@ -256,14 +266,18 @@ struct DecoderLM {
       t_ = t;
       ids_ = ids;
       targets_ = targets;
+      // The embedding and the loss read the ids in the backend's memory; the routers that
+      // look at token ids (Hash) and the dropout keys read the host copy.
+      ids_b_ = on_backend(ids, n, ids_buf_);
+      targets_b_ = targets ? on_backend(targets, n, targets_buf_) : nullptr;
       res_.resize(blocks_.size() + 1);
       for (auto& r : res_) r.ensure(Shape{n, c});
       if (first_stage_) {
-        B::embedding_forward(ids, wte_.w, wpe_ ? wpe_.w : static_cast<const T*>(nullptr), res_[0].data(), n, t, c);
+        B::embedding_forward(ids_b_, wte_.w, wpe_ ? wpe_.w : static_cast<const T*>(nullptr), res_[0].data(), n, t, c);
       } else {
         if (!stage_in_)
           throw Error("a pipeline stage's forward without its input", "DecoderLM::forward", "set_stage_input() first");
-        std::copy_n(stage_in_, n * c, res_[0].data());
+        B::copy(stage_in_, n * c, res_[0].data());
       }
       for (std::size_t l = 0; l < blocks_.size(); ++l) {
         RouteContext ctx = mode_;
@@ -285,7 +299,7 @@ struct DecoderLM {
       B::gemm(B::Trans::kNo, B::Trans::kYes, n, v, c, T(1), hf_.data(), hw, T(0), logits_.data());
       if (targets) {
         row_loss_.ensure(Shape{n});
-        lp.ce = B::cross_entropy_forward(logits_.data(), targets, row_loss_.data(), n, v) / static_cast<double>(n);
+        lp.ce = B::cross_entropy_forward(logits_.data(), targets_b_, row_loss_.data(), n, v) / static_cast<double>(n);
       }
       lp.total = lp.ce + lp.aux;
       return lp;
@@ -300,7 +314,7 @@ struct DecoderLM {
       if (last_stage_) {
         dlogits_.ensure(Shape{n, v});
         dh_.ensure(Shape{n, c});
-        B::cross_entropy_backward(logits_.data(), targets_, dlogits_.data(), n, v, grad_scale / static_cast<double>(n));
+        B::cross_entropy_backward(logits_.data(), targets_b_, dlogits_.data(), n, v, grad_scale / static_cast<double>(n));
         const T* hw = head_ ? head_.w : wte_.w;
         T* hg = head_ ? head_.g : wte_.g;
         B::gemm(B::Trans::kNo, B::Trans::kNo, n, c, v, T(1), dlogits_.data(), hw, T(0), dh_.data());
@@ -312,7 +326,7 @@ struct DecoderLM {
         if (!stage_dout_)
           throw Error("a pipeline stage's backward without its output's gradient", "DecoderLM::backward",
                       "set_stage_output_grad() first");
-        std::copy_n(stage_dout_, n * c, dres_[0].data());
+        B::copy(stage_dout_, n * c, dres_[0].data());
       }
       int cur = 0;
       for (std::size_t l = blocks_.size(); l-- > 0;) {
@@ -332,7 +346,7 @@ struct DecoderLM {
       }
       stage_cur_ = cur;
       if (first_stage_) {
-        B::embedding_backward(ids_, dres_[cur].data(), wte_.g, wpe_ ? wpe_.g : static_cast<T*>(nullptr), n, t_, c);
+        B::embedding_backward(ids_b_, dres_[cur].data(), wte_.g, wpe_ ? wpe_.g : static_cast<T*>(nullptr), n, t_, c);
         ready(0, block_first_[0]);
       }
     }
@@ -343,7 +357,7 @@ struct DecoderLM {
     const T* params() const { return params_.data(); }
     T* grads() { return grads_.data(); }
     const T* grads() const { return grads_.data(); }
-    const T* logits() const { return logits_.data(); }  // (B, T, V) of the last forward
+    const T* logits() const { return logits_.data(); }  // (B, T, V) of the last forward, backend memory
     // Blocks of this rank (all of them, or one pipeline stage's: layer first_layer() + l).
     std::int64_t n_layers() const { return static_cast<std::int64_t>(blocks_.size()); }
     BlockImpl& block(std::int64_t l) { return blocks_[static_cast<std::size_t>(l)]; }
@@ -380,21 +394,35 @@ struct DecoderLM {
     }
 
    private:
+    static constexpr bool kHost = std::is_same_v<typename B::Space, HostSpace>;
+    // ids in the backend's memory: the caller's pointer on the CPU, a copy on a GPU.
+    static const std::int32_t* on_backend(const std::int32_t* host, std::int64_t n, BackendTensor<B, std::int32_t>& buf) {
+      if constexpr (kHost) {
+        return host;
+      } else {
+        buf.ensure(Shape{n});
+        B::copy_from_host(host, n, buf.data());
+        return buf.data();
+      }
+    }
     void ready(int first, int last) {
       if (grad_ready_ && last > first) grad_ready_(first, last);
     }
 
     ModelConfig cfg_;
     ParamRegistry registry_;
-    Tensor<T> params_, grads_;
+    BackendTensor<B, T> params_, grads_;
     Param<T> wte_, wpe_, head_;
     std::vector<BlockImpl> blocks_;
     typename Norm::template impl<T, B> final_norm_;
-    std::vector<Tensor<T>> res_;
-    Tensor<T> hf_, logits_, row_loss_, dlogits_, dh_;
-    Tensor<T> dres_[2];
-    const std::int32_t* ids_ = nullptr;
-    const std::int32_t* targets_ = nullptr;
+    std::vector<BackendTensor<B, T>> res_;
+    BackendTensor<B, T> hf_, logits_, row_loss_, dlogits_, dh_;
+    BackendTensor<B, T> dres_[2];
+    const std::int32_t* ids_ = nullptr;      // host
+    const std::int32_t* targets_ = nullptr;  // host
+    const std::int32_t* ids_b_ = nullptr;      // backend memory (== ids_ on the CPU)
+    const std::int32_t* targets_b_ = nullptr;  // backend memory
+    BackendTensor<B, std::int32_t> ids_buf_, targets_buf_;
     std::int64_t b_ = 0, t_ = 0;
     std::vector<int> block_first_;  // registry index of each block's first parameter (+ end)
     int final_norm_end_ = 0;

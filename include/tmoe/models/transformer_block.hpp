@@ -8,6 +8,8 @@
 // output before each residual add (GPT-2's resid_pdrop): h = x + drop(attn(..)), y = h +
 // drop(ffn(..)), keyed (layer, kAttnOut / kFfnOut, global token, channel) (layers/dropout.hpp).
 #include <cstdint>
+
+#include "tmoe/core/macros.hpp"
 #include <string>
 
 #include "tmoe/core/concepts.hpp"
@@ -35,7 +37,7 @@ struct TransformerBlock {
     typename Ffn::template impl<T, B> ffn;
     typename Ffn::dense_policy::template impl<T, B> dense;  // used when this layer is dense
     bool moe = Ffn::is_moe;  // this layer runs `ffn` (MoE) rather than `dense`
-    Tensor<T> h1, a, mid, h2, f, dtmp, dmid;  // (N, C)
+    BackendTensor<B, T> h1, a, mid, h2, f, dtmp, dmid;  // (N, C)
     std::int64_t c = 0, bsz = 0, len = 0;
     double dropout = 0;                  // model.dropout
     DropoutMask drop_a, drop_f;          // of the last forward (inactive outside training)
@@ -141,15 +143,15 @@ struct TransformerBlock {
     }
     std::int64_t ffn_active_weights() const { return uses_dense() ? dense.active_weights() : ffn.active_weights(); }
 
-   private:
+    // Public: nvcc's extended lambdas (TMOE_LAMBDA) may not sit in private members.
     static void add(const T* a, const T* b, T* out, std::int64_t count) {
-      B::for_rows(count / 1024 + 1, [=](std::int64_t blk) {
+      B::for_rows(count / 1024 + 1, [=] TMOE_LAMBDA (std::int64_t blk) {
         const std::int64_t i1 = std::min(count, (blk + 1) * 1024);
         for (std::int64_t i = blk * 1024; i < i1; ++i) out[i] = a[i] + b[i];
       });
     }
     static void copy(const T* a, T* out, std::int64_t count) {
-      B::for_rows(count / 1024 + 1, [=](std::int64_t blk) {
+      B::for_rows(count / 1024 + 1, [=] TMOE_LAMBDA (std::int64_t blk) {
         const std::int64_t i1 = std::min(count, (blk + 1) * 1024);
         for (std::int64_t i = blk * 1024; i < i1; ++i) out[i] = a[i];
       });

@@ -12,6 +12,7 @@
 
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
+#include "tmoe/core/macros.hpp"
 #include "tmoe/optim/elementwise.hpp"
 
 namespace tmoe {
@@ -28,35 +29,46 @@ struct AdamW {
   const char* slot_name(int s) const { return slot_names[s]; }
   const char* active_name() const { return name; }
 
+  // One element's update with the constants of one step, in T as PyTorch computes a tensor
+  // of that dtype. TMOE_HOST_DEVICE: update() below runs it on the CPU, OptimOps::update of
+  // backend/cuda/optim.cuh in a CUDA kernel, with the same roundings.
+  template <class T>
+  struct Step {
+    T b1, c1, b2, c2, e, ss, bc2s, dk;
+    TMOE_HOST_DEVICE void operator()(T& p, T g, T& m, T& v) const {
+      // PyTorch: m.mul_(β1).add_(g, alpha=1−β1); v.mul_(β2).addcmul_(g, g, value=1−β2);
+      // θ.mul_(1−lr·wd); θ.addcdiv_(m, √v/√bc2 + ε, value=−step_size).
+      const T mi = detail::fmadd(g, c1, m * b1);
+      const T vi = detail::fmadd(c2 * g, g, v * b2);
+      m = mi;
+      v = vi;
+      // θ·(1−lr·wd) is rounded before the add, never fused with it.
+      const T decayed = detail::mul_rn(p, dk);
+      p = decayed + detail::div_rn(-ss * mi, detail::div_rn(detail::sqrt_rn(vi), bc2s) + e);
+    }
+  };
+  // The constants of step `step` (from 1): the bias corrections in double, then rounded to T.
+  template <class T>
+  Step<T> step_rule(double lr, double wd, std::int64_t step) const {
+    const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+    const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+    const double step_size = lr / bc1, bc2_sqrt = std::sqrt(bc2), decay = 1.0 - lr * wd;
+    return Step<T>{static_cast<T>(beta1), static_cast<T>(1.0 - beta1), static_cast<T>(beta2), static_cast<T>(1.0 - beta2),
+                   static_cast<T>(eps),   static_cast<T>(step_size),   static_cast<T>(bc2_sqrt), static_cast<T>(decay)};
+  }
+
   // p, g, state[0] = m, state[1] = v: n elements; step counts from 1.
   template <class T>
   void update(T* p, const T* g, T** state, std::int64_t n, double lr, double wd, std::int64_t step) const {
     T* m = state[0];
     T* v = state[1];
-    const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
-    const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
-    const double step_size = lr / bc1, bc2_sqrt = std::sqrt(bc2), decay = 1.0 - lr * wd;
-    // Elementwise in T, as PyTorch does for a tensor of that dtype (and so vectorisable).
-    const T b1 = static_cast<T>(beta1), c1 = static_cast<T>(1.0 - beta1);
-    const T b2 = static_cast<T>(beta2), c2 = static_cast<T>(1.0 - beta2);
-    const T e = static_cast<T>(eps), ss = static_cast<T>(step_size), bc2s = static_cast<T>(bc2_sqrt);
-    const T dk = static_cast<T>(decay);
+    const Step<T> rule = step_rule<T>(lr, wd, step);
     detail::for_chunks(n, [&](std::int64_t i0, std::int64_t i1) {
       T* __restrict pp = p;
       const T* __restrict gg = g;
       T* __restrict mm = m;
       T* __restrict vv = v;
-      for (std::int64_t i = i0; i < i1; ++i) {
-        // PyTorch: m.mul_(β1).add_(g, alpha=1−β1); v.mul_(β2).addcmul_(g, g, value=1−β2);
-        // θ.mul_(1−lr·wd); θ.addcdiv_(m, √v/√bc2 + ε, value=−step_size).
-        const T gi = gg[i];
-        const T mi = detail::fmadd(gi, c1, mm[i] * b1);
-        const T vi = detail::fmadd(c2 * gi, gi, vv[i] * b2);
-        mm[i] = mi;
-        vv[i] = vi;
-        const T decayed = pp[i] * dk;
-        pp[i] = decayed + (-ss * mi) / (std::sqrt(vi) / bc2s + e);
-      }
+      for (std::int64_t i = i0; i < i1; ++i) rule(pp[i], gg[i], mm[i], vv[i]);
     });
   }
 };

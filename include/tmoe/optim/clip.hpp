@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "tmoe/core/macros.hpp"
+
 namespace tmoe {
 
 // The gradient norm is summed in cells of this many elements (Trainer::grad_sum_squares;
@@ -19,7 +21,7 @@ double clip_grad_norm(T* g, std::int64_t n, double max_norm, double sum_squares_
     const double coef = std::min(1.0, max_norm / (norm + 1e-6));
     if (coef < 1.0) {
       const T cf = static_cast<T>(coef);
-      B::for_rows(n / 4096 + 1, [=](std::int64_t blk) {
+      B::for_rows(n / 4096 + 1, [=] TMOE_LAMBDA (std::int64_t blk) {
         const std::int64_t i1 = std::min(n, (blk + 1) * 4096);
         for (std::int64_t i = blk * 4096; i < i1; ++i) g[i] *= cf;
       });

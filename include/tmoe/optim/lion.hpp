@@ -11,6 +11,7 @@
 
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
+#include "tmoe/core/macros.hpp"
 #include "tmoe/optim/elementwise.hpp"
 
 namespace tmoe {
@@ -18,7 +19,7 @@ namespace tmoe {
 namespace detail {
 // +1, -1, or x itself for ±0 and NaN (a NaN reaches the weights instead of being hidden).
 template <class T>
-inline T sign_or_self(T x) {
+TMOE_HOST_DEVICE inline T sign_or_self(T x) {
   return x > T(0) ? T(1) : x < T(0) ? T(-1) : x;
 }
 }  // namespace detail
@@ -34,23 +35,36 @@ struct Lion {
   const char* slot_name(int s) const { return slot_names[s]; }
   const char* active_name() const { return name; }
 
+  // One element's update with the constants of one step (TMOE_HOST_DEVICE: update() below
+  // and the CUDA kernel of backend/cuda/optim.cuh run it). The two interpolations fuse the
+  // β·m product with the add; lr·sign(c) is exact, so θ(1 − lr·wd) − lr·sign(c) is the
+  // same fused or not, and is written fused so that no compiler has a choice left.
+  template <class T>
+  struct Step {
+    T b1, c1, b2, c2, rate, dk;
+    TMOE_HOST_DEVICE void operator()(T& p, T g, T& m) const {
+      const T mi = m;
+      const T c = detail::fmadd(b1, mi, c1 * g);
+      p = detail::fmadd(-rate, detail::sign_or_self(c), p * dk);
+      m = detail::fmadd(b2, mi, c2 * g);
+    }
+  };
+  template <class T>
+  Step<T> step_rule(double lr, double wd, std::int64_t /*step*/) const {
+    return Step<T>{static_cast<T>(beta1), static_cast<T>(1.0 - beta1), static_cast<T>(beta2), static_cast<T>(1.0 - beta2),
+                   static_cast<T>(lr),    static_cast<T>(1.0 - lr * wd)};
+  }
+
   // p, g, state[0] = m: n elements; step is unused (Lion has no bias correction).
   template <class T>
-  void update(T* p, const T* g, T** state, std::int64_t n, double lr, double wd, std::int64_t /*step*/) const {
+  void update(T* p, const T* g, T** state, std::int64_t n, double lr, double wd, std::int64_t step) const {
     T* m = state[0];
-    const T b1 = static_cast<T>(beta1), c1 = static_cast<T>(1.0 - beta1);
-    const T b2 = static_cast<T>(beta2), c2 = static_cast<T>(1.0 - beta2);
-    const T rate = static_cast<T>(lr), dk = static_cast<T>(1.0 - lr * wd);
+    const Step<T> rule = step_rule<T>(lr, wd, step);
     detail::for_chunks(n, [&](std::int64_t i0, std::int64_t i1) {
       T* __restrict pp = p;
       const T* __restrict gg = g;
       T* __restrict mm = m;
-      for (std::int64_t i = i0; i < i1; ++i) {
-        const T gi = gg[i], mi = mm[i];
-        const T c = b1 * mi + c1 * gi;
-        pp[i] = pp[i] * dk - rate * detail::sign_or_self(c);
-        mm[i] = b2 * mi + c2 * gi;
-      }
+      for (std::int64_t i = i0; i < i1; ++i) rule(pp[i], gg[i], mm[i]);
     });
   }
 };

@@ -15,6 +15,7 @@
 
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
+#include "tmoe/core/macros.hpp"
 #include "tmoe/optim/elementwise.hpp"
 
 namespace tmoe {
@@ -35,34 +36,47 @@ struct SignMomentum {
   const char* slot_name(int s) const { return slot_names[s]; }
   const char* active_name() const { return name; }
 
+  // One element's update with the constants of one step, elementwise in T as AdamW
+  // (TMOE_HOST_DEVICE: update() below and the CUDA kernel of backend/cuda/optim.cuh run it).
+  // Each β·x + (1 − β)·y fuses its first product with the add, and θ(1 − lr·wd) − lr·u
+  // fuses lr·u: written out, so that every compiler computes the same roundings.
+  template <class T>
+  struct Step {
+    T b1, c1, b2, c2, bv, cv, bc, e, tau, rate, dk;
+    TMOE_HOST_DEVICE void operator()(T& p, T g, T& m, T& v) const {
+      const T mi = m;
+      const T c = detail::fmadd(b1, mi, c1 * g);
+      const T vi = detail::fmadd(bv, v, cv * (g * g));
+      v = vi;
+      const T r = detail::div_rn(std::abs(c), detail::sqrt_rn(detail::div_rn(vi, bc)) + e);
+      // Written so that a NaN r passes through to the weights rather than vanishing.
+      const T mag = r < tau ? T(0) : (r > T(1) ? T(1) : r);
+      p = detail::fmadd(-rate, c < T(0) ? -mag : mag, p * dk);
+      m = detail::fmadd(b2, mi, c2 * g);
+    }
+  };
+  // The constants of step `step` (from 1): the bias correction in double, then rounded to T.
+  template <class T>
+  Step<T> step_rule(double lr, double wd, std::int64_t step) const {
+    const double bc2 = 1.0 - std::pow(beta2_sq, static_cast<double>(step));
+    return Step<T>{static_cast<T>(beta1),     static_cast<T>(1.0 - beta1),    static_cast<T>(beta2),
+                   static_cast<T>(1.0 - beta2), static_cast<T>(beta2_sq),     static_cast<T>(1.0 - beta2_sq),
+                   static_cast<T>(bc2),       static_cast<T>(eps),            static_cast<T>(threshold),
+                   static_cast<T>(lr),        static_cast<T>(1.0 - lr * wd)};
+  }
+
   // p, g, state[0] = m, state[1] = v: n elements; step counts from 1.
   template <class T>
   void update(T* p, const T* g, T** state, std::int64_t n, double lr, double wd, std::int64_t step) const {
     T* m = state[0];
     T* v = state[1];
-    const double bc2 = 1.0 - std::pow(beta2_sq, static_cast<double>(step));
-    // Elementwise in T, as AdamW; the step-dependent scalar in double.
-    const T b1 = static_cast<T>(beta1), c1 = static_cast<T>(1.0 - beta1);
-    const T b2 = static_cast<T>(beta2), c2 = static_cast<T>(1.0 - beta2);
-    const T bv = static_cast<T>(beta2_sq), cv = static_cast<T>(1.0 - beta2_sq);
-    const T bc = static_cast<T>(bc2), e = static_cast<T>(eps), tau = static_cast<T>(threshold);
-    const T rate = static_cast<T>(lr), dk = static_cast<T>(1.0 - lr * wd);
+    const Step<T> rule = step_rule<T>(lr, wd, step);
     detail::for_chunks(n, [&](std::int64_t i0, std::int64_t i1) {
       T* __restrict pp = p;
       const T* __restrict gg = g;
       T* __restrict mm = m;
       T* __restrict vv = v;
-      for (std::int64_t i = i0; i < i1; ++i) {
-        const T gi = gg[i], mi = mm[i];
-        const T c = b1 * mi + c1 * gi;
-        const T vi = bv * vv[i] + cv * (gi * gi);
-        vv[i] = vi;
-        const T r = std::abs(c) / (std::sqrt(vi / bc) + e);
-        // Written so that a NaN r passes through to the weights rather than vanishing.
-        const T mag = r < tau ? T(0) : (r > T(1) ? T(1) : r);
-        pp[i] = pp[i] * dk - rate * (c < T(0) ? -mag : mag);
-        mm[i] = b2 * mi + c2 * gi;
-      }
+      for (std::int64_t i = i0; i < i1; ++i) rule(pp[i], gg[i], mm[i], vv[i]);
     });
   }
 };

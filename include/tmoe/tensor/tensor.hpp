@@ -180,4 +180,9 @@ class Tensor {
   Shape shape_{0};
 };
 
+// A buffer in backend B's memory (host memory for backend::Cpu, device memory for
+// backend::Cuda): what layers hold their activations in.
+template <class B, class T>
+using BackendTensor = Tensor<T, typename B::Space>;
+
 }  // namespace tmoe

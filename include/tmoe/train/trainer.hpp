@@ -28,6 +28,7 @@
 #include "tmoe/optim/clip.hpp"
 #include "tmoe/optim/schedule.hpp"
 #include "tmoe/parallel/pipeline.hpp"
+#include "tmoe/parallel/serial.hpp"
 #include "tmoe/parallel/tree_sum.hpp"
 #include "tmoe/layers/tensor_group.hpp"
 #include "tmoe/precision/loss_scaler.hpp"
@@ -108,6 +109,16 @@ struct exchange_of<Par, T> {
 template <class Par, class T>
 using CommExchangeOf = typename detail::exchange_of<Par, T>::type;
 
+namespace detail {
+// The row loop of a trainer's host-side work when the model lives on a device.
+struct HostLoops {
+  template <class F>
+  static void for_rows(std::int64_t rows, F&& fn) {
+    parallel_for(rows, fn);
+  }
+};
+}  // namespace detail
+
 template <class Model, class Opt, class Precision, class Parallel, class BackendP>
 class Trainer {
   static_assert(Optimizer<Opt>, "tmoe: Trainer<Model, Optimizer, ...>: the second argument is not an Optimizer "
@@ -141,6 +152,14 @@ class Trainer {
   // Separate master weights when the model's weights are rounded or narrower than the master.
   static constexpr bool kSeparateMaster = narrow_storage_v<Precision> || !std::is_same_v<M, T>;
   static constexpr const char* precision_name() { return Precision::name; }
+  // A model in device memory (backend::Cuda): the trainer keeps host copies of its weights
+  // and gradients and runs the step's host part on them (reduction, clipping, the optimizer:
+  // an optimizer offloaded to the CPU, as ZeRO-Offload does), copying the gradients down
+  // after each backward and the weights up after each update. Bitwise the CPU's update rules.
+  static constexpr bool kHostModel = std::is_same_v<typename BackendP::Space, HostSpace>;
+  static_assert(kHostModel || std::is_same_v<Parallel, Serial>,
+                "tmoe: Trainer<..., Parallel, backend::Cuda>: a model on the GPU trains with the Serial strategy for "
+                "now; DataParallel over comm::Nccl is not wired into the trainer yet");
 
   explicit Trainer(const Config& cfg, Parallel parallel = {})
       : cfg_(cfg), parallel_(std::move(parallel)), model_((cfg.validate(), layout(cfg.model))), schedule_(cfg.train),
@@ -155,16 +174,23 @@ class Trainer {
     }
     for (int s = 0; s < opt_.used_slots(); ++s) state_[s].resize(Shape{hi_ - lo_});
     model_.init(cfg.train.seed);
+    if constexpr (!kHostModel) {
+      hparams_.resize(Shape{model_.registry().total()});
+      hgrads_.resize(Shape{model_.registry().total()});
+      params_from_model();
+      for (const ParamInfo& pi : model_.registry().params()) has_buffers_ = has_buffers_ || pi.has(kTagBuffer);
+    }
     if constexpr (kSeparateMaster) {
       master_.resize(Shape{hi_ - lo_});
-      const T* p = model_.params();
+      const T* p = params_h();
       for (std::int64_t i = lo_; i < hi_; ++i) master_[i - lo_] = static_cast<M>(p[i]);
       publish();
     }
     // The gradient-ready seam: during the last micro-batch's backward, each announced range
     // is finished (its pieces summed along the tree) and handed to a strategy that overlaps
     // its reduction with the rest of backward (grads_ready).
-    model_.set_grad_ready_hook([this](int first, int last) {
+    // (A device model's gradients reach the host only after backward: no hook.)
+    if constexpr (kHostModel) model_.set_grad_ready_hook([this](int first, int last) {
       if (!last_micro_) return;
       const ParamRegistry& reg = model_.registry();
       const std::int64_t lo = reg[first].offset, hi = last < reg.size() ? reg[last].offset : reg.total();
@@ -199,7 +225,7 @@ class Trainer {
   // then point at element shard().first. A checkpoint goes through restartable_state().
   M* master_params() {
     if constexpr (kSeparateMaster) return master_.data();
-    else return model_.params() + lo_;
+    else return params_h() + lo_;
   }
   std::pair<std::int64_t, std::int64_t> shard() const { return {lo_, hi_}; }
   // Copies the master weights into the model, rounded to the storage type (the router and
@@ -207,7 +233,8 @@ class Trainer {
   // shard and the shards are all-gathered.
   void publish() {
     if constexpr (kSeparateMaster) publish_range(master_.data() - lo_, lo_, hi_);
-    parallel_.gather_shards(model_.params(), model_.registry());
+    parallel_.gather_shards(params_h(), model_.registry());
+    params_to_model();
   }
 
   // Optimizer state: slot s (0 .. optimizer_slots()-1), laid out like the flat parameters.
@@ -259,7 +286,7 @@ class Trainer {
     st.loss_scale = scaler_.enabled ? scaler_.scale : 1.0;
     st.expert_counts.assign(static_cast<std::size_t>(cfg_.model.n_layers), {});
     st.moe.assign(static_cast<std::size_t>(cfg_.model.n_layers), {});
-    T* g = model_.grads();
+    T* g = grads_h();
     const std::int64_t total = model_.registry().total();
     const std::int64_t L = cfg_.model.n_layers, l0 = model_.first_layer(), n = b * t, c = cfg_.model.d_model;
     // Each local piece's cross-entropy and every layer's balancing loss (0 for layers of
@@ -279,7 +306,7 @@ class Trainer {
       if (S > 1 && s > 0) model_.set_stage_input(xin_[slot].data());
       model_.set_mode(true, tc.seed, step_, piece * b * t);
       model_.set_recompute_pass(recompute);
-      const LossParts lp = model_.forward(ins_[slot].data(), tgts_[slot].data(), b, t);
+      const auto lp = model_.forward(ins_[slot].data(), tgts_[slot].data(), b, t);
       model_.set_recompute_pass(false);
       current = micro;
       return lp;
@@ -292,7 +319,7 @@ class Trainer {
         if constexpr (kPipelined) {
           if (S > 1 && s > 0) parallel_.recv_stage(xin_[slot].data(), n * c, s - 1, static_cast<int>(micro));
         }
-        const LossParts lp = run_forward(micro, false);
+        const auto lp = run_forward(micro, false);
         double* lpp = lparts.data() + micro * (L + 1);
         lpp[0] = lp.ce;
         for (std::int64_t l = 0; l < model_.n_layers(); ++l) lpp[1 + l0 + l] = model_.block(l).loss();
@@ -324,6 +351,7 @@ class Trainer {
       if (xchg_) xchg_->begin_micro();  // expert gradient slots: this micro-batch's only
       last_micro_ = micro + 1 == a;
       model_.backward(st.loss_scale / static_cast<double>(pieces));
+      grads_from_model();
       last_micro_ = false;
       if constexpr (kPipelined) {
         if (S > 1 && s > 0) {
@@ -382,7 +410,7 @@ class Trainer {
       }
       if (st.loss_scale != 1.0) {
         const T inv = static_cast<T>(1.0 / st.loss_scale);
-        StoreBackend::for_rows(gn / 4096 + 1, [=](std::int64_t blk) {
+        HostRows::for_rows(gn / 4096 + 1, [=](std::int64_t blk) {
           const std::int64_t i1 = std::min(gn, (blk + 1) * 4096);
           for (std::int64_t i = blk * 4096; i < i1; ++i) gs[i] *= inv;
         });
@@ -393,7 +421,7 @@ class Trainer {
     if (!std::isfinite(ss))
       throw Error(detail::cat("gradient norm is not finite at step ", step_), "Trainer::train_step",
                   "finite gradients (lower the learning rate, or use a loss-scaled precision policy)");
-    st.grad_norm = clip_grad_norm<StoreBackend>(gs, gn, tc.grad_clip, ss);
+    st.grad_norm = clip_grad_norm<HostRows>(gs, gn, tc.grad_clip, ss);
     ++step_;
     for (const ParamInfo& pi : model_.registry().params()) {
       if (pi.has(kTagBuffer)) continue;  // state moved by its own rule (e.g. the router bias update)
@@ -411,6 +439,8 @@ class Trainer {
     }
     publish();
     model_.after_step([this](double* v, std::int64_t count) { parallel_.sum(v, count); });
+    if constexpr (!kHostModel)
+      if (has_buffers_) params_from_model();  // the buffers the model moved (router biases)
     pull_buffers();
     st.comm = parallel_.counters();
     if (xchg_) {
@@ -475,6 +505,12 @@ class Trainer {
       const std::int32_t* window = prompt.data() + prompt.size() - static_cast<std::size_t>(len);
       model_.forward(window, nullptr, 1, len);
       const T* l = model_.logits() + (len - 1) * v;
+      std::vector<T> last_row;
+      if constexpr (!kHostModel) {
+        last_row.resize(static_cast<std::size_t>(v));
+        StoreBackend::copy_to_host(l, v, last_row.data());
+        l = last_row.data();
+      }
       std::int32_t next = 0;
       if (temperature <= 0) {
         for (std::int64_t j = 1; j < v; ++j)
@@ -527,7 +563,7 @@ class Trainer {
     staging_.resize(static_cast<std::size_t>(1 + opt_.used_slots()));
     M* params = nullptr;
     if constexpr (kSeparateMaster) params = stage(staging_[0], master_.data());
-    else params = model_.params();
+    else params = params_h();
     std::vector<StateView> v{{"params", params, n}};
     for (int s = 0; s < opt_.used_slots(); ++s)
       v.push_back({std::string("optimizer.") + opt_.slot_name(s), stage(staging_[1 + s], state_[s].data()), n});
@@ -540,6 +576,7 @@ class Trainer {
       if constexpr (kSeparateMaster) std::copy_n(staging_.at(0).data() + lo_, hi_ - lo_, master_.data());
       for (int s = 0; s < opt_.used_slots(); ++s) std::copy_n(staging_.at(1 + s).data() + lo_, hi_ - lo_, state_[s].data());
       if constexpr (kSeparateMaster) publish_range(staging_[0].data(), 0, model_.registry().total());
+      params_to_model();
       staging_.clear();
       return;
     }
@@ -654,11 +691,11 @@ class Trainer {
   // The master weight of flat element i (i in this rank's shard).
   M* master_at(std::int64_t i) {
     if constexpr (kSeparateMaster) return master_.data() + (i - lo_);
-    else return model_.params() + i;
+    else return params_h() + i;
   }
   // Model weights [lo, hi) from master weights given in the flat layout (src[i] is element i).
   void publish_range(const M* src, std::int64_t lo, std::int64_t hi) {
-    T* p = model_.params();
+    T* p = params_h();
     for (const ParamInfo& pi : model_.registry().params()) {
       const std::int64_t i0 = std::max(pi.offset, lo), i1 = std::min(pi.offset + pi.numel(), hi);
       if (i1 <= i0) continue;
@@ -768,7 +805,7 @@ class Trainer {
   // the master weights so a checkpoint holds them.
   void pull_buffers() {
     if constexpr (kSeparateMaster) {
-      const T* p = model_.params();
+      const T* p = params_h();
       for (const ParamInfo& pi : model_.registry().params())
         if (pi.has(kTagBuffer))
           for (std::int64_t i = std::max(pi.offset, lo_); i < std::min(pi.offset + pi.numel(), hi_); ++i)
@@ -778,6 +815,12 @@ class Trainer {
   // A skipped step leaves every weight, buffer and optimizer moment as it was; the model's
   // per-step accumulators (the bias update's loads) are dropped.
   void skip_step() {
+    if constexpr (!kHostModel) {  // the host copy still holds the step's starting weights
+      model_.after_step([](double*, std::int64_t) {});
+      params_to_model();
+      ++step_;
+      return;
+    }
     std::vector<T> saved;
     const T* p = model_.params();
     for (const ParamInfo& pi : model_.registry().params())
@@ -790,6 +833,28 @@ class Trainer {
         for (std::int64_t i = 0; i < pi.numel(); ++i) q[pi.offset + i] = saved[at++];
     ++step_;
   }
+
+  // The model's weights and gradients as the host part of the step sees them: the model's
+  // own buffers on the CPU, the host copies of a device model's.
+  T* params_h() {
+    if constexpr (kHostModel) return model_.params();
+    else return hparams_.data();
+  }
+  T* grads_h() {
+    if constexpr (kHostModel) return model_.grads();
+    else return hgrads_.data();
+  }
+  void params_to_model() {
+    if constexpr (!kHostModel) StoreBackend::copy_from_host(hparams_.data(), model_.registry().total(), model_.params());
+  }
+  void params_from_model() {
+    if constexpr (!kHostModel) StoreBackend::copy_to_host(model_.params(), model_.registry().total(), hparams_.data());
+  }
+  void grads_from_model() {
+    if constexpr (!kHostModel) StoreBackend::copy_to_host(model_.grads(), model_.registry().total(), hgrads_.data());
+  }
+  // Loops of the step's host part (the CPU backend's own on the CPU).
+  using HostRows = std::conditional_t<kHostModel, StoreBackend, detail::HostLoops>;
 
   Config cfg_;
   Parallel parallel_;
@@ -814,6 +879,8 @@ class Trainer {
   std::unique_ptr<TensorGroup<T>> tgroup_;         // tensor parallelism (null without)
   std::function<void(T*, std::int64_t)> gradient_hook_;
   std::int64_t step_ = 0;
+  Tensor<T> hparams_, hgrads_;  // host copies of a device model's weights and gradients
+  bool has_buffers_ = false;    // the model moves some weights itself (router biases)
 };
 
 }  // namespace tmoe

@@ -6,13 +6,15 @@
 #include "tmoe/backend/cpu/embedding.hpp"
 #include "tmoe/backend/cpu/gemm.hpp"
 #include "tmoe/backend/cpu/loss.hpp"
+#include "tmoe/backend/cpu/memory.hpp"
 #include "tmoe/backend/cpu/norm.hpp"
 #include "tmoe/backend/cpu/reduce.hpp"
 #include "tmoe/core/concepts.hpp"
 
 namespace tmoe::backend {
 
-struct Cpu : cpu::GemmOps, cpu::ActivationOps, cpu::ReduceOps, cpu::NormOps, cpu::AttentionOps, cpu::EmbeddingOps, cpu::LossOps {
+struct Cpu : cpu::GemmOps, cpu::ActivationOps, cpu::ReduceOps, cpu::NormOps, cpu::AttentionOps, cpu::EmbeddingOps, cpu::LossOps,
+             cpu::MemoryOps {
   using Space = HostSpace;
   using Trans = cpu::Trans;
   template <class T>

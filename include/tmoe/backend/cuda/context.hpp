@@ -75,7 +75,9 @@ struct CudaRaw {
 };
 
 namespace detail {
-__global__ inline void probe_kernel() {}
+// A template, so that every translation unit may carry it (no duplicate symbol at link).
+template <int = 0>
+__global__ void probe_kernel() {}
 }  // namespace detail
 
 struct DeviceInfo {
@@ -109,7 +111,7 @@ class Context {
     info_.total_memory = p.totalGlobalMem;
     // A kernel image for this device must exist in the binary.
     cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(&attr, detail::probe_kernel);
+    const cudaError_t e = cudaFuncGetAttributes(&attr, detail::probe_kernel<0>);
     if (e != cudaSuccess) {
       cudaGetLastError();
       throw Error("device " + std::to_string(device) + " (" + info_.name + ") has compute capability " +

@@ -13,16 +13,20 @@
 #include "tmoe/backend/cuda/gemm.cuh"
 #include "tmoe/backend/cuda/loss.cuh"
 #include "tmoe/backend/cuda/norm.cuh"
+#include "tmoe/backend/cuda/optim.cuh"
 #include "tmoe/backend/cuda/permute.cuh"
+#include "tmoe/backend/cuda/reduce.cuh"
 #include "tmoe/backend/cuda/rope.cuh"
 #include "tmoe/backend/cuda/router.cuh"
+#include "tmoe/backend/cuda/rows.cuh"
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/tensor/tensor.hpp"
 
 namespace tmoe::backend {
 
 struct Cuda : cuda::GemmOps, cuda::ActivationOps, cuda::NormOps, cuda::AttentionOps, cuda::RopeOps,
-              cuda::EmbeddingOps, cuda::LossOps, cuda::CastOps, cuda::RouterOps, cuda::PermuteOps {
+              cuda::EmbeddingOps, cuda::LossOps, cuda::CastOps, cuda::RouterOps, cuda::PermuteOps,
+              cuda::RowOps, cuda::MemoryOps, cuda::ReduceOps, cuda::OptimOps {
   using Space = CudaSpace;
   using Trans = cuda::Trans;
   template <class T>

@@ -1,5 +1,7 @@
 #pragma once
 #include <cstdint>
+
+#include "tmoe/core/macros.hpp"
 #include <string>
 
 #include "tmoe/layers/dropout.hpp"
@@ -21,7 +23,7 @@ struct GeluFFN {
   template <class T, class B>
   struct impl {
     layers::Linear<T, B> w1, w2;
-    Tensor<T> a1, hid, dhid;  // (n, H)
+    BackendTensor<B, T> a1, hid, dhid;  // (n, H)
     const T* x = nullptr;
     std::int64_t n = 0;
     bool exact = false;
@@ -65,7 +67,7 @@ struct GeluFFN {
       w1.forward(in, a1.data(), rows);
       T *pa = a1.data(), *ph = hid.data();
       const bool ex = exact;
-      B::for_rows(rows, [=](std::int64_t i) {
+      B::for_rows(rows, [=] TMOE_LAMBDA (std::int64_t i) {
         for (std::int64_t j = i * hdim; j < (i + 1) * hdim; ++j)
           ph[j] = ex ? layers::GeluErf::forward(pa[j]) : layers::GeluTanh::forward(pa[j]);
       });
@@ -83,7 +85,7 @@ struct GeluFFN {
                                 dhid.data(), rows, hdim);
       T *pa = a1.data(), *pdh = dhid.data();
       const bool ex = exact;
-      B::for_rows(rows, [=](std::int64_t i) {
+      B::for_rows(rows, [=] TMOE_LAMBDA (std::int64_t i) {
         for (std::int64_t j = i * hdim; j < (i + 1) * hdim; ++j)
           pdh[j] *= ex ? layers::GeluErf::derivative(pa[j]) : layers::GeluTanh::derivative(pa[j]);
       });

@@ -20,7 +20,7 @@ struct SwiGLU {
   template <class T, class B>
   struct impl {
     layers::Linear<T, B> w1, w3, w2;
-    Tensor<T> a1, a3, hid, dhid, d1, d3;  // (n, H)
+    BackendTensor<B, T> a1, a3, hid, dhid, d1, d3;  // (n, H)
     const T* x = nullptr;
     std::int64_t n = 0;
     ExpertDropout drop;  // for the next forward and its backward (inactive by default)
