@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start 2: installs what is missing, builds everything and runs the whole test suite
-# (every CTest label but gpu), then lists the slowest tests. With TMOE_FUZZ_SECONDS=N (CI
+# (every CTest label; the gpu tests skip themselves without a device), then lists the slowest tests. With TMOE_FUZZ_SECONDS=N (CI
 # sets 60) it then runs each libFuzzer target for N seconds (scripts/fuzz.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,7 +18,7 @@ fi
 echo "build: $(( $(date +%s) - start )) s"
 cd "$build"
 rc=0
-ctest --output-on-failure --label-exclude gpu -j "$(nproc)" || rc=$?
+ctest --output-on-failure -j "$(nproc)" || rc=$?
 echo "slowest tests (s):"
 awk 'NF==3 {printf "  %8.2f  %s\n", $3, $1}' Testing/Temporary/CTestCostData.txt 2>/dev/null | sort -rn | head -10
 if [ "$rc" -eq 0 ] && [ "${TMOE_FUZZ_SECONDS:-0}" -gt 0 ]; then

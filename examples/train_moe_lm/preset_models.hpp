@@ -2,7 +2,11 @@
 // The model type of each train_moe_lm preset (presets.hpp names them and gives their
 // defaults). Kept apart from the training program so that the compile matrix
 // (tests/compile/test_instantiate_presets.cpp) instantiates exactly these types.
+#if defined(__CUDACC__)
+#include "tmoe/cuda.hpp"
+#else
 #include "tmoe/tmoe.hpp"
+#endif
 
 namespace train_moe_lm::models {
 

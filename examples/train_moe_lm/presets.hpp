@@ -15,6 +15,7 @@ namespace train_moe_lm {
 struct Options {
   tmoe::Config cfg;
   std::string preset;
+  std::string backend = "auto";  // --backend: cpu, cuda, or auto (cuda when built with it and a GPU is present)
   std::string select_spec;  // --select: rank these records instead of training
   tmoe::data::ActiveLearningConfig select;
 };
@@ -36,11 +37,17 @@ int run_expert_choice(const Options&);
 int run_hash(const Options&);
 int run_seed(const Options&);
 int run_seed_fp16(const Options&);
+#if defined(TMOE_EXAMPLE_CUDA)
+// preset_mixtral_like_cuda.cu: the same presets on backend::Cuda.
+int run_mixtral_like_cuda(const Options&);
+int run_mixtral_like_bf16_cuda(const Options&);
+#endif
 
 struct Program {
   const char* preset;
   const char* precision;  // train.precision
   int (*run)(const Options&);
+  const char* backend = "cpu";  // --backend
 };
 inline std::span<const Program> programs() {
   static const Program table[] = {
@@ -48,7 +55,11 @@ inline std::span<const Program> programs() {
       {"mixtral-like", "fp16", run_mixtral_like_fp16}, {"deepseek-like", "fp32", run_deepseek_like},
       {"switch", "fp32", run_switch},           {"expert-choice", "fp32", run_expert_choice},
       {"hash", "fp32", run_hash},               {"seed", "fp32", run_seed},
-      {"seed", "fp16", run_seed_fp16}};
+      {"seed", "fp16", run_seed_fp16},
+#if defined(TMOE_EXAMPLE_CUDA)
+      {"mixtral-like", "fp32", run_mixtral_like_cuda, "cuda"}, {"mixtral-like", "bf16", run_mixtral_like_bf16_cuda, "cuda"},
+#endif
+  };
   return table;
 }
 

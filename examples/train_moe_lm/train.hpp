@@ -1,8 +1,9 @@
 #pragma once
-// The training program of train_moe_lm, written once for any model composition: each preset
-// translation unit (preset_*.cpp) instantiates train_main<Model> with its own Model type, and
-// main.cpp picks one by the config key model.preset. The composition is fixed at compile
-// time; every number comes from the config.
+// The training program of train_moe_lm, written once for any model composition and backend:
+// each preset translation unit (preset_*.cpp on the CPU, preset_*_cuda.cu on the GPU)
+// instantiates train_on<Model, Precision, Backend> with its own Model type, and main.cpp
+// picks one by the config key model.preset, train.precision and --backend. The composition
+// is fixed at compile time; every number comes from the config.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -21,7 +22,11 @@
 #include "tmoe/io/safetensors.hpp"
 #include "tmoe/io/yaml_config.hpp"
 #include "tmoe/parallel/comm/mpi.hpp"
+#if defined(__CUDACC__)
+#include "tmoe/cuda.hpp"  // a .cu translation unit: the CUDA backend, no Eigen
+#else
 #include "tmoe/tmoe.hpp"
+#endif
 #include "tmoe/train/run.hpp"
 
 #include "presets.hpp"
@@ -124,16 +129,26 @@ inline void write_metrics(std::ostream& out, const StepStats& st, const FitProgr
   out << "]}\n";
 }
 
-template <class Model, class Precision = Fp32>
-int train_main(const Options& opt) {
+template <class Model, class Precision, class Backend>
+int train_on(const Options& opt) {
   // The optimizer is a run-time choice (train.optimizer) among the standard rules.
   // One program for one process and for `mpirun -np N`: the grid comes from the config's
-  // parallel section (one process is a grid of one).
-  using Parallel = DataParallel<comm::Mpi>;
-  using Train = Trainer<Model, StandardOptimizers, Precision, Parallel, backend::Cpu>;
+  // parallel section (one process is a grid of one). On the GPU: one process for now.
+  constexpr bool kCpu = std::is_same_v<typename Backend::Space, HostSpace>;
+  using Parallel = std::conditional_t<kCpu, DataParallel<comm::Mpi>, Serial>;
+  using Train = Trainer<Model, StandardOptimizers, Precision, Parallel, Backend>;
   const Config& cfg = opt.cfg;
   comm::Mpi world;
-  Parallel parallel(world, cfg);  // checks the grid against the world and the model
+  Parallel parallel = [&] {
+    if constexpr (kCpu) {
+      return Parallel(world, cfg);  // checks the grid against the world and the model
+    } else {
+      if (world.size() > 1 || cfg.parallel.data * cfg.parallel.expert * cfg.parallel.tensor * cfg.parallel.pipeline > 1)
+        throw Error(detail::cat("--backend cuda with ", world.size(), " ranks and the grid of the parallel section"),
+                    "--backend cuda", "one process and parallel.* = 1 (distributed GPU training is not wired yet)");
+      return Parallel{};
+    }
+  }();
   const bool root = world.rank() == 0;
   // The first rank speaks for the job; the others print only their errors (stderr).
   if (!root && !std::freopen("/dev/null", "w", stdout))
@@ -187,11 +202,18 @@ int train_main(const Options& opt) {
               static_cast<long long>(moe_layers), static_cast<long long>(cfg.model.n_layers),
               static_cast<long long>(cfg.model.n_shared_experts), static_cast<long long>(n_params),
               static_cast<double>(n_params) / 1e6, threads());
-  std::printf("grid: %d ranks = %s; %s reduction%s%s, gradient buckets of %.3g MiB\n", world.size(),
-              trainer.parallel().grid().describe().c_str(), cfg.parallel.reduction.c_str(),
-              trainer.parallel().sharded() ? ", ZeRO-1 (optimizer state and master weights sharded)" : "",
-              cfg.parallel.powersgd_rank > 0 ? detail::cat(", PowerSGD rank ", cfg.parallel.powersgd_rank).c_str() : "",
-              cfg.parallel.bucket_mb);
+  if constexpr (kCpu) {
+    std::printf("backend cpu; grid: %d ranks = %s; %s reduction%s%s, gradient buckets of %.3g MiB\n", world.size(),
+                trainer.parallel().grid().describe().c_str(), cfg.parallel.reduction.c_str(),
+                trainer.parallel().sharded() ? ", ZeRO-1 (optimizer state and master weights sharded)" : "",
+                cfg.parallel.powersgd_rank > 0 ? detail::cat(", PowerSGD rank ", cfg.parallel.powersgd_rank).c_str() : "",
+                cfg.parallel.bucket_mb);
+  } else {
+#if defined(__CUDACC__)
+    std::printf("backend cuda on %s; one process; the optimizer step runs on the host (weights and gradients copied "
+                "each step)\n", backend::cuda::Context::current().info().name.c_str());
+#endif
+  }
   const MemoryReport mem = trainer.memory_report();
   auto mib = [](std::int64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };
   std::printf("precision %s (%s storage), optimizer %s, schedule %s, recompute %s; memory per rank: weights %.1f MiB, master "
@@ -217,6 +239,7 @@ int train_main(const Options& opt) {
     std::printf("resumed from %s at step %lld\n", resumed->folder.c_str(), static_cast<long long>(resumed->step));
   }
   if (!select_spec.empty()) {
+    if constexpr (!kCpu) throw Error("--select with --backend cuda", "command line", "--backend cpu for --select");
     if (!resumed) throw Error("--select needs a trained model", "checkpoint.dir", "a directory with a checkpoint");
     if (select.output.empty()) throw Error("--select without --out", "command line", "--out FILE.jsonl");
     const auto records = data::ingest(std::vector<std::string>{select_spec});
@@ -313,5 +336,13 @@ int train_main(const Options& opt) {
   return 0;
 }
 
+
+#if !defined(__CUDACC__)
+// The CPU programs (preset_*.cpp).
+template <class Model, class Precision = Fp32>
+int train_main(const Options& opt) {
+  return train_on<Model, Precision, backend::Cpu>(opt);
+}
+#endif
 
 }  // namespace train_moe_lm

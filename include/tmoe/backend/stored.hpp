@@ -15,6 +15,7 @@
 #include <span>
 #include <utility>
 
+#include "tmoe/backend/gemm_args.hpp"
 #include "tmoe/precision/narrow.hpp"
 
 namespace tmoe::backend {
@@ -49,20 +50,29 @@ struct Stored : B {
     if (g.ta == Trans::kNo) round_rows(g.c, g.m, g.n, g.ldc);
   }
 
+  // A backend that can run products of S-valued operands faster says so with
+  // gemm_narrow<S> (backend::Cuda: tensor cores, fp32 accumulation); the CPU's products are
+  // the fp32 ones. gemm_exact (the router) never takes that path.
   template <class T>
   static void gemm_grouped(std::span<const GemmArgs<T>> problems) {
-    B::template gemm_grouped<T>(problems);
+    if constexpr (requires { B::template gemm_grouped_narrow<S, T>(problems); }) B::template gemm_grouped_narrow<S, T>(problems);
+    else B::template gemm_grouped<T>(problems);
     for (const auto& g : problems) round_result(g);
   }
   template <class T>
   static void gemm(const GemmArgs<T>& g) {
-    B::template gemm<T>(g);
+    if constexpr (requires { B::template gemm_narrow<S, T>(g); }) B::template gemm_narrow<S, T>(g);
+    else B::template gemm<T>(g);
     round_result(g);
   }
   template <class T>
   static void gemm(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, const T* b,
                    T beta, T* c) {
-    B::gemm(ta, tb, m, n, k, alpha, a, b, beta, c);
+    if constexpr (requires(GemmArgs<T> g) { B::template gemm_narrow<S, T>(g); }) {
+      B::template gemm_narrow<S, T>(packed_gemm(ta, tb, m, n, k, alpha, a, b, beta, c));
+    } else {
+      B::gemm(ta, tb, m, n, k, alpha, a, b, beta, c);
+    }
     if (ta == Trans::kNo) round_to_storage(c, m * n);
   }
 

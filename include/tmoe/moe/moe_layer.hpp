@@ -22,6 +22,16 @@
 //                    S = Σ_kept g, S_m = Σ_kept m g (all dropped: no routed output). Balancing
 //                    losses, statistics and the bias-update load see the router's choice.
 //
+// Backends ("route on the host, compute on the device"): the router's linear layer, the
+// dispatch, the experts and the combine run on B, in B's memory. The routing decisions
+// (router math, top-k, capacity, expert drop, the plan, balancing losses, statistics) run
+// on the host, on host copies: when B's memory is not host memory the logits (N, E) come
+// to the host, and the plan's index arrays (one packed int32 buffer, moe/permute_plan.hpp)
+// and the gates go back; in backward the gates' gradient comes to the host and the router
+// logits' gradient goes back. On backend::Cpu there is no copy: the same buffers as ever.
+// Not ported to a device backend: sequence-aware experts (TransformerExpert; a compile
+// error), expert parallelism and tensor parallelism (run-time errors naming the option).
+//
 //   MoE<Expert, Router = TopK, Capacity = Dropless, Balance = Balancing<AuxLoss, ZLoss>>
 #include <algorithm>
 #include <cmath>
@@ -36,7 +46,9 @@
 #include "tmoe/core/concepts.hpp"
 #include "tmoe/core/config.hpp"
 #include "tmoe/core/error.hpp"
+#include "tmoe/core/macros.hpp"
 #include "tmoe/core/philox.hpp"
+#include "tmoe/core/threading.hpp"
 #include "tmoe/layers/dense_ffn.hpp"
 #include "tmoe/layers/dropout.hpp"
 #include "tmoe/layers/linear.hpp"
@@ -45,6 +57,7 @@
 #include "tmoe/moe/experts/expert_shape.hpp"
 #include "tmoe/moe/expert_exchange.hpp"
 #include "tmoe/layers/tensor_group.hpp"
+#include "tmoe/moe/permute_plan.hpp"
 #include "tmoe/moe/plan.hpp"
 #include "tmoe/moe/routers/topk.hpp"
 #include "tmoe/moe/routing.hpp"
@@ -112,6 +125,12 @@ struct MoE {
     using SharedImpl = typename dense_expert_t<ExpertP>::template impl<T, B>;
     static constexpr bool kTokenChoice = RouterP::kind == RouterKind::kTokenChoice;
     static constexpr bool kExpertChoice = RouterP::kind == RouterKind::kExpertChoice;
+    // B's memory is host memory (backend::Cpu): no copies, the host buffers are B's.
+    static constexpr bool kHost = std::is_same_v<typename B::Space, HostSpace>;
+    static_assert(kHost || !detail::SequenceAwareExpert<ExpertP>,
+                  "tmoe: MoE<TransformerExpert<...>, ...> on a device backend (backend::Cuda): TransformerExpert is not "
+                  "ported to the GPU yet; use SwiGLU or GeluFFN experts there, or backend::Cpu");
+    using DevTensor = BackendTensor<B, T>;  // in B's memory
 
     RouterParams rp;
     std::int64_t c = 0, k = 0;
@@ -129,15 +148,26 @@ struct MoE {
     RouteContext ctx;
     const T* x = nullptr;
     std::int64_t n = 0, cap = 0;
-    Tensor<T> xj, jmask;                      // jittered router input and its factors (N, C)
-    Tensor<T> raw, logits, probs, sel;        // (N, E)
-    Tensor<T> rgates;                         // (A) the router's gates (before route_scale)
-    Tensor<T> xe, ye, dye, dxe, tmp;          // (rows, C), tmp (N, C)
+    DevTensor xj, jmask;                      // jittered router input and its factors (N, C)
+    Tensor<T> raw, logits, probs, sel;        // (N, E), host
+    Tensor<T> rgates;                         // (A) the router's gates (before route_scale), host
+    DevTensor xe, ye, dye, dxe, tmp;          // (rows, C), tmp (N, C)
     std::vector<std::int32_t> a_expert, a_token;       // (A) expert and token of each assignment
     std::vector<std::uint8_t> kept;           // (A)
     RoutingPlan plan;
     std::vector<double> dprobs, draw;         // (N, E)
-    Tensor<T> dlogits, dprobs_t, dgate;       // (N, E), (N, E), (A)
+    Tensor<T> dlogits, dprobs_t, dgate;       // (N, E), (N, E), (A), host
+    // B's copies when B's memory is not the host's (unused on backend::Cpu)
+    DevTensor raw_b, dlogits_b, dgate_b, gates_b;      // (N, E), (N, E), (A), (A)
+    BackendTensor<B, std::int32_t> index_b;            // the plan's packed index arrays
+    Tensor<T> bias_h;                                  // (E) host copy of the selection bias
+    // The plan's index arrays in B's memory (the plan's own vectors on backend::Cpu) and
+    // the gates the combine multiplies by (after the expert drop), also in B's memory.
+    struct Index {
+      const std::int32_t *row_token = nullptr, *row_assign = nullptr, *pos = nullptr, *tok_offsets = nullptr,
+                         *tok_assign = nullptr;
+    } ix;
+    const T* gates_dev = nullptr;
     std::vector<std::int64_t> seg;            // segment offsets of one expert's slice
     std::vector<double> step_load;            // (E) routed tokens over the step (BiasUpdate)
     double loss_ = 0;
@@ -150,7 +180,7 @@ struct MoE {
     std::vector<std::uint8_t> xdrop;          // (A) dropped by expert drop (kept by capacity)
     std::vector<std::int64_t> cap_counts;     // (E) rows per expert before the expert drop
     std::vector<double> tok_s, tok_sm, tok_d; // (N) Σ kept gates, Σ surviving gates, backward sums
-    Tensor<T> egates;                         // (A) gates after the drop and rescaling
+    Tensor<T> egates;                         // (A) gates after the drop and rescaling, host
     // expert parallelism: this rank holds experts [x0, x0 + el); rows travel by all-to-all
     ExpertExchange<T>* xchg = nullptr;
     TensorGroup<T>* tg = nullptr;  // tensor parallelism (null: one rank)
@@ -159,7 +189,7 @@ struct MoE {
     T* gbase = nullptr;
     std::vector<std::int64_t> ep_smeta, ep_rmeta, ep_tok64, ep_srows, ep_rrows, ep_sc, ep_rc, ep_base;
     std::vector<std::int32_t> ep_tok;         // (received rows) the source's local token of each row
-    Tensor<T> ep_xr, ep_yr, ep_dyr, ep_dxr, ep_scratch;
+    DevTensor ep_xr, ep_yr, ep_dyr, ep_dxr, ep_scratch;
 
     void declare(ParamRegistry& r, const std::string& name, const ModelConfig& cfg) {
       c = cfg.d_model;
@@ -200,6 +230,14 @@ struct MoE {
         if (cfg.tp_size > 1)
           throw Error("a sequence-aware expert (TransformerExpert) under tensor parallelism", "parallel.tensor",
                       "parallel.tensor = 1 for this expert policy (SwiGLU and GeluFFN experts split their hidden units)");
+      if constexpr (!kHost) {
+        if (cfg.ep_size > 1)
+          throw Error("expert parallelism on a device backend", "parallel.expert",
+                      "parallel.expert = 1 on the GPU (expert parallelism runs on backend::Cpu)");
+        if (cfg.tp_size > 1)
+          throw Error("tensor parallelism of an MoE layer on a device backend", "parallel.tensor",
+                      "parallel.tensor = 1 on the GPU (tensor parallelism runs on backend::Cpu)");
+      }
       // Tensor parallelism: every expert (routed and shared) holds a slice of its hidden units.
       eshape.tp_size = static_cast<int>(cfg.tp_size);
       eshape.tp_rank = static_cast<int>(cfg.tp_rank);
@@ -243,13 +281,23 @@ struct MoE {
         throw Error(detail::cat("an expert group of ", ranks, " ranks for a layer declared with ", el, " of ", rp.n_experts,
                                 " experts"),
                     "MoE::set_expert_exchange", "the model built for this expert-parallel layout (ModelConfig::ep_size)");
+      if constexpr (!kHost)
+        if (ranks > 1)
+          throw Error("expert parallelism on a device backend", "parallel.expert",
+                      "parallel.expert = 1 on the GPU (expert parallelism runs on backend::Cpu)");
       xchg = x;
     }
     bool ep_on() const { return xchg && xchg->size() > 1; }
     // Tensor parallelism: the experts' partial outputs are summed over the group before they
     // are combined (so the gates' gradients see whole outputs), and the partial input
     // gradient before the replicated router adds its own.
-    void set_tensor_group(TensorGroup<T>* g) { tg = g; }
+    void set_tensor_group(TensorGroup<T>* g) {
+      if constexpr (!kHost)
+        if (g && g->size() > 1)
+          throw Error("tensor parallelism of an MoE layer on a device backend", "parallel.tensor",
+                      "parallel.tensor = 1 on the GPU (tensor parallelism runs on backend::Cpu)");
+      tg = g;
+    }
 
     // in, out: (N, C)
     void forward(const T* in, T* out, std::int64_t rows, const RouteContext& context = {}) {
@@ -266,14 +314,15 @@ struct MoE {
       if (xdrop_on) apply_expert_drop();
       plan.build(a_expert.data(), a_token.data(), kept.data(), a, n, e);
       balance_forward();
+      upload_plan();
       // dispatch
       const std::int64_t nr = plan.rows(), cc = c;
       xe.ensure(Shape{nr, c});
       ye.ensure(Shape{nr, c});
       {
-        const std::int32_t* rt = plan.row_token.data();
+        const std::int32_t* rt = ix.row_token;
         T* dst = xe.data();
-        B::for_rows(nr, [=](std::int64_t r) {
+        B::for_rows(nr, [=] TMOE_LAMBDA (std::int64_t r) {
           const T* src = in + static_cast<std::int64_t>(rt[r]) * cc;
           for (std::int64_t j = 0; j < cc; ++j) dst[r * cc + j] = src[j];
         });
@@ -300,11 +349,11 @@ struct MoE {
         tensor_allreduce(tg, out, n * c);
       }
       {
-        const std::int32_t *to = plan.tok_offsets.data(), *ta = plan.tok_assign.data(), *ps = plan.pos.data();
-        const T *y = ye.data(), *gt = xdrop_on ? egates.data() : rgates.data();
+        const std::int32_t *to = ix.tok_offsets, *ta = ix.tok_assign, *ps = ix.pos;
+        const T *y = ye.data(), *gt = gates_dev;
         const T rs = static_cast<T>(route_scale);
         const bool add = has_shared;
-        B::for_rows(n, [=](std::int64_t t) {
+        B::for_rows(n, [=] TMOE_LAMBDA (std::int64_t t) {
           T* o = out + t * cc;
           if (!add)
             for (std::int64_t j = 0; j < cc; ++j) o[j] = T(0);
@@ -315,6 +364,27 @@ struct MoE {
             for (std::int64_t j = 0; j < cc; ++j) o[j] += g * src[j];
           }
         });
+      }
+    }
+
+    // The plan's index arrays and the combine's gates, where B reads them: the plan's own
+    // vectors and the host gates on backend::Cpu, one packed copy of each otherwise.
+    void upload_plan() {
+      const T* gates = xdrop_on ? egates.data() : rgates.data();
+      if constexpr (kHost) {
+        ix = Index{plan.row_token.data(), plan.row_assign.data(), plan.pos.data(), plan.tok_offsets.data(),
+                   plan.tok_assign.data()};
+        gates_dev = gates;
+      } else {
+        const PermuteIndex pi = permute_index(plan);
+        index_b.ensure(Shape{std::max<std::int64_t>(pi.size(), 1)});
+        B::copy_from_host(pi.data.data(), pi.size(), index_b.data());
+        const auto arr = pi.at(static_cast<const std::int32_t*>(index_b.data()));
+        ix = Index{arr.row_token, arr.row_assign, arr.pos, arr.tok_offsets, arr.tok_assign};
+        const std::int64_t a = static_cast<std::int64_t>(a_expert.size());
+        gates_b.ensure(Shape{std::max<std::int64_t>(a, 1)});
+        B::copy_from_host(gates, a, gates_b.data());
+        gates_dev = gates_b.data();
       }
     }
 
@@ -329,9 +399,10 @@ struct MoE {
         if constexpr (requires { ex.set_selective(true); }) ex.set_selective(on);
     }
     void release() {
-      for (auto* t : {&xj, &jmask, &raw, &logits, &probs, &sel, &rgates, &xe, &ye, &dye, &dxe, &tmp, &dlogits, &dprobs_t,
-                      &dgate, &egates, &ep_xr, &ep_yr, &ep_dyr, &ep_dxr, &ep_scratch})
-        t->release();
+      for (auto* t : {&raw, &logits, &probs, &sel, &rgates, &dlogits, &dprobs_t, &dgate, &egates}) t->release();
+      for (auto* t : {&xj, &jmask, &xe, &ye, &dye, &dxe, &tmp, &ep_xr, &ep_yr, &ep_dyr, &ep_dxr, &ep_scratch}) t->release();
+      if constexpr (!kHost)
+        for (auto* t : {&raw_b, &dlogits_b, &dgate_b, &gates_b}) t->release();
       dprobs = {};
       draw = {};
       for (auto& ex : experts) ex.release();
@@ -366,13 +437,21 @@ struct MoE {
       dxe.ensure(Shape{nr, c});
       dgate.ensure(Shape{std::max<std::int64_t>(a, 1)});
       // combine backward: dye = g · dout, dgate (router's gate) = route_scale · <dout, y>
+      // (computed in B's memory, then brought to the host for the router's backward)
       {
-        const std::int32_t *rt = plan.row_token.data(), *ra = plan.row_assign.data();
-        const T *y = ye.data(), *gt = xdrop_on ? egates.data() : rgates.data();
-        T *dy = dye.data(), *dg = dgate.data();
+        const std::int32_t *rt = ix.row_token, *ra = ix.row_assign;
+        const T *y = ye.data(), *gt = gates_dev;
+        T* dy = dye.data();
+        T* dg = dgate.data();
         const double rs = route_scale;
-        std::fill(dg, dg + a, T(0));
-        B::for_rows(nr, [=](std::int64_t r) {
+        if constexpr (kHost) {
+          std::fill(dg, dg + a, T(0));
+        } else {
+          dgate_b.ensure(Shape{std::max<std::int64_t>(a, 1)});
+          dg = dgate_b.data();
+          B::for_rows(a, [=] TMOE_LAMBDA (std::int64_t i) { dg[i] = T(0); });
+        }
+        B::for_rows(nr, [=] TMOE_LAMBDA (std::int64_t r) {
           const T* go = dout + static_cast<std::int64_t>(rt[r]) * cc;
           const T g = static_cast<T>(rs) * gt[ra[r]];
           double dot = 0;
@@ -382,6 +461,7 @@ struct MoE {
           }
           dg[ra[r]] = static_cast<T>(rs * dot);
         });
+        if constexpr (!kHost) B::copy_to_host(static_cast<const T*>(dg), a, dgate.data());
       }
       if (xdrop_on) expert_drop_backward();  // dgate: of the rescaled gates -> of the router's
       // experts backward
@@ -393,10 +473,10 @@ struct MoE {
       // shared experts first (they overwrite or add), then each token gathers its rows
       if (has_shared) shared.backward(dout, dx, accumulate_dx);
       {
-        const std::int32_t *to = plan.tok_offsets.data(), *ta = plan.tok_assign.data(), *ps = plan.pos.data();
+        const std::int32_t *to = ix.tok_offsets, *ta = ix.tok_assign, *ps = ix.pos;
         const T* dxr = dxe.data();
         const bool zero = !accumulate_dx && !has_shared;
-        B::for_rows(n, [=](std::int64_t t) {
+        B::for_rows(n, [=] TMOE_LAMBDA (std::int64_t t) {
           T* d = dx + t * cc;
           if (zero)
             for (std::int64_t j = 0; j < cc; ++j) d[j] = T(0);
@@ -418,7 +498,14 @@ struct MoE {
         const std::int64_t e = rp.n_experts;
         if (step_load.size() != static_cast<std::size_t>(e)) return;  // no training forward this step
         sum(step_load.data(), e);
-        BiasUpdate::update(bias.w, step_load.data(), e, bias_rate());
+        if constexpr (kHost) {
+          BiasUpdate::update(bias.w, step_load.data(), e, bias_rate());
+        } else {  // the bias lives in B's memory: update a host copy
+          bias_h.ensure(Shape{e});
+          B::copy_to_host(static_cast<const T*>(bias.w), e, bias_h.data());
+          BiasUpdate::update(bias_h.data(), step_load.data(), e, bias_rate());
+          B::copy_from_host(static_cast<const T*>(bias_h.data()), e, bias.w);
+        }
         step_load.clear();
       }
     }
@@ -448,7 +535,45 @@ struct MoE {
              (has_shared ? SharedImpl::weights(sshape) : 0);
     }
 
-   private:
+    // (Everything below is public only because nvcc's extended lambdas (TMOE_LAMBDA) may not
+    // sit in private member functions; it is the layer's internals.)
+
+    // fn(i) for i in [0, rows) over HOST memory: B's loop on backend::Cpu (as ever), the
+    // same chunked loop on the host otherwise (B's loop would run on the device).
+    template <class F>
+    static void host_rows(std::int64_t rows, F&& fn) {
+      if constexpr (kHost) {
+        B::for_rows(rows, fn);
+      } else {
+        constexpr std::int64_t kRowsPerItem = 16;
+        parallel_for((rows + kRowsPerItem - 1) / kRowsPerItem, [&](std::int64_t item) {
+          const std::int64_t r1 = std::min(rows, (item + 1) * kRowsPerItem);
+          for (std::int64_t r = item * kRowsPerItem; r < r1; ++r) fn(r);
+        });
+      }
+    }
+    // out[0..width) += Σ_rows contrib over HOST memory, in backend::Cpu's order (chunks of
+    // 256 rows summed in row order, then the chunks in order).
+    template <class F>
+    static void host_reduce_rows(std::int64_t rows, std::int64_t width, double* out, F&& contrib) {
+      if constexpr (kHost) {
+        B::reduce_rows(rows, width, out, contrib);
+      } else {
+        constexpr std::int64_t kChunk = 256;  // backend::cpu::kTokenChunk
+        const std::int64_t chunks = (rows + kChunk - 1) / kChunk;
+        std::vector<double> partial(static_cast<std::size_t>(chunks * width), 0.0);
+        for (std::int64_t ch = 0; ch < chunks; ++ch) {
+          const std::int64_t r1 = std::min(rows, (ch + 1) * kChunk);
+          for (std::int64_t r = ch * kChunk; r < r1; ++r) contrib(r, partial.data() + ch * width);
+        }
+        for (std::int64_t j = 0; j < width; ++j) {
+          double s = 0;
+          for (std::int64_t ch = 0; ch < chunks; ++ch) s += partial[static_cast<std::size_t>(ch * width + j)];
+          out[j] += s;
+        }
+      }
+    }
+
     // Step 1: logits, router scores, assignments (a_expert, a_token, rgates).
     void route(const T* in) {
       const std::int64_t e = rp.n_experts;
@@ -457,6 +582,10 @@ struct MoE {
       probs.ensure(Shape{n, e});
       sel.ensure(Shape{n, e});
       cap = kExpertChoice || CapacityP::drops ? expert_capacity(capacity_factor, n, k, e) : 0;
+      if constexpr (RouterP::has_bias && !kHost) {  // the routing on the host reads the bias
+        bias_h.ensure(Shape{e});
+        B::copy_to_host(static_cast<const T*>(bias.w), e, bias_h.data());
+      }
       if constexpr (RouterP::learned) {
         const T* rin = in;
         if (ctx.training && jitter > 0) {
@@ -468,7 +597,7 @@ struct MoE {
           T *xo = xj.data(), *m = jmask.data();
           const std::int64_t cc = c, off = ctx.token_offset;
           const double jt = jitter;
-          B::for_rows(n, [=](std::int64_t t) {
+          B::for_rows(n, [=] TMOE_LAMBDA (std::int64_t t) {  // in B's memory
             RngKey kt = key;
             kt.token = static_cast<std::uint32_t>(off + t);
             for (std::int64_t j = 0; j < cc; ++j) {
@@ -478,7 +607,13 @@ struct MoE {
           });
           rin = xj.data();
         }
-        router.forward(rin, raw.data(), n);
+        if constexpr (kHost) {
+          router.forward(rin, raw.data(), n);
+        } else {  // the logits are made in B's memory and routed on the host
+          raw_b.ensure(Shape{n, e});
+          router.forward(rin, raw_b.data(), n);
+          B::copy_to_host(static_cast<const T*>(raw_b.data()), n * e, raw.data());
+        }
         {
           T *lg = logits.data(), *pr = probs.data(), *sl = sel.data();
           const T* rw = raw.data();
@@ -488,8 +623,8 @@ struct MoE {
                            site_id(Site::kRouterNoise, static_cast<std::uint32_t>(2 * ctx.layer)), 0};
           const std::int64_t off = ctx.token_offset;
           const T* bs = nullptr;
-          if constexpr (RouterP::has_bias) bs = bias.w;
-          B::for_rows(n, [=](std::int64_t t) {
+          if constexpr (RouterP::has_bias) bs = host_bias();
+          host_rows(n, [=](std::int64_t t) {
             RngKey kt = key;
             kt.token = static_cast<std::uint32_t>(off + t);
             for (std::int64_t i = 0; i < e; ++i)
@@ -509,7 +644,7 @@ struct MoE {
         std::int32_t *ex = a_expert.data(), *tk = a_token.data();
         T* gt = rgates.data();
         const std::int64_t kk = k;
-        B::for_rows(n, [=](std::int64_t t) {
+        host_rows(n, [=](std::int64_t t) {
           select_topk(sl + t * e, e, kk, ex + t * kk);
           RouterP::gates_token(p, lg + t * e, pr + t * e, ex + t * kk, gt + t * kk);
           for (std::int64_t j = 0; j < kk; ++j) tk[t * kk + j] = static_cast<std::int32_t>(t);
@@ -527,7 +662,7 @@ struct MoE {
         T *pr = probs.data(), *gt = rgates.data();
         std::int32_t *ex = a_expert.data(), *tk = a_token.data();
         const std::int64_t kk = k;
-        B::for_rows(n, [=](std::int64_t t) {
+        host_rows(n, [=](std::int64_t t) {
           RouterP::route_token(p, tok[t], ex + t * kk, gt + t * kk, pr + t * e);
           for (std::int64_t j = 0; j < kk; ++j) tk[t * kk + j] = static_cast<std::int32_t>(t);
         });
@@ -577,7 +712,7 @@ struct MoE {
 
     // What expert x needs for its dropout in this forward (inactive outside training).
     ExpertDropout expert_dropout(std::int64_t x2) const {
-      return expert_dropout_rows(x2, ctx.token_offset, plan.row_token.data() + plan.offsets[x2]);
+      return expert_dropout_rows(x2, ctx.token_offset, ix.row_token + plan.offsets[x2]);  // B's memory
     }
     // Rows of (global) expert x2 whose tokens are token_offset + tokens[r].
     ExpertDropout expert_dropout_rows(std::int64_t x2, std::int64_t token_offset, const std::int32_t* tokens) const {
@@ -613,7 +748,7 @@ struct MoE {
         const std::uint8_t* kp = kept.data();
         std::uint8_t* xd = xdrop.data();
         const std::int64_t off = ctx.token_offset;
-        B::for_rows(a, [=](std::int64_t i) {
+        host_rows(a, [=](std::int64_t i) {
           if (kp[i] && !m.kept(static_cast<std::uint64_t>(off + tk[i]), static_cast<std::uint64_t>(ex[i]))) xd[i] = 1;
         });
       }
@@ -746,6 +881,13 @@ struct MoE {
       if (r1 > r0) seg.push_back(r1 - r0);
     }
 
+    // The selection bias where the host reads it: the parameter itself on backend::Cpu, a
+    // copy refreshed by route() otherwise.
+    const T* host_bias() const {
+      if constexpr (kHost) return bias.w;
+      else return bias_h.data();
+    }
+
     BalanceInput<T> balance_input() const {
       BalanceInput<T> in;
       in.n = n;
@@ -783,7 +925,7 @@ struct MoE {
       double h = 0;
       {
         const T* pr = probs.data();
-        B::reduce_rows(n, 1, &h, [=](std::int64_t t, double* acc) {
+        host_reduce_rows(n, 1, &h, [=](std::int64_t t, double* acc) {
           for (std::int64_t x2 = 0; x2 < e; ++x2) {
             const double p = static_cast<double>(pr[t * e + x2]);
             if (p > 0) acc[0] -= p * std::log(p);
@@ -791,7 +933,7 @@ struct MoE {
         });
       }
       stats_.entropy = n ? h / static_cast<double>(n) : 0.0;
-      if constexpr (RouterP::has_bias) stats_.bias.assign(bias.w, bias.w + e);
+      if constexpr (RouterP::has_bias) stats_.bias.assign(host_bias(), host_bias() + e);
       if (ctx.training && !ctx.recompute) {
         if (step_load.size() != static_cast<std::size_t>(e)) step_load.assign(static_cast<std::size_t>(e), 0.0);
         for (std::int64_t x2 = 0; x2 < e; ++x2) step_load[x2] += static_cast<double>(plan.routed[x2]);
@@ -822,7 +964,7 @@ struct MoE {
       {
         const double* d = dprobs.data();
         T* o = dprobs_t.data();
-        B::for_rows(n, [=](std::int64_t t) {
+        host_rows(n, [=](std::int64_t t) {
           for (std::int64_t x2 = 0; x2 < e; ++x2) o[t * e + x2] = static_cast<T>(d[t * e + x2]);
         });
       }
@@ -836,29 +978,36 @@ struct MoE {
       } else if constexpr (kTokenChoice) {
         const std::int32_t* ex = a_expert.data();
         const std::int64_t kk = k;
-        B::for_rows(n, [=](std::int64_t t) {
+        host_rows(n, [=](std::int64_t t) {
           RouterP::backward_token(p, lg + t * e, pr + t * e, ex + t * kk, gt + t * kk, dg + t * kk, dpt + t * e,
                                   dl + t * e);
           for (std::int64_t x2 = 0; x2 < e; ++x2)
             dl[t * e + x2] = static_cast<T>(static_cast<double>(dl[t * e + x2]) * inv_t + dr[t * e + x2]);
         });
       } else {  // expert choice: every gate is an entry of p (added to dprobs above)
-        B::for_rows(n, [=](std::int64_t t) {
+        host_rows(n, [=](std::int64_t t) {
           RouterP::backward_token(p, lg + t * e, pr + t * e, dpt + t * e, dl + t * e);
           for (std::int64_t x2 = 0; x2 < e; ++x2)
             dl[t * e + x2] = static_cast<T>(static_cast<double>(dl[t * e + x2]) * inv_t + dr[t * e + x2]);
         });
       }
+      // the router's linear layer runs on B: dlogits go to B's memory
+      const T* dlb = dlogits.data();
+      if constexpr (!kHost) {
+        dlogits_b.ensure(Shape{n, e});
+        B::copy_from_host(static_cast<const T*>(dlogits.data()), n * e, dlogits_b.data());
+        dlb = dlogits_b.data();
+      }
       if (ctx.training && jitter > 0) {
         tmp.ensure(Shape{n, c});
-        router.backward(xj.data(), dlogits.data(), tmp.data(), n, false);
+        router.backward(xj.data(), dlb, tmp.data(), n, false);
         const T *tp = tmp.data(), *m = jmask.data();
         const std::int64_t cc = c;
-        B::for_rows(n, [=](std::int64_t t) {
+        B::for_rows(n, [=] TMOE_LAMBDA (std::int64_t t) {
           for (std::int64_t j = t * cc; j < (t + 1) * cc; ++j) dx[j] += tp[j] * m[j];
         });
       } else {
-        router.backward(x, dlogits.data(), dx, n, true);
+        router.backward(x, dlb, dx, n, true);
       }
     }
   };

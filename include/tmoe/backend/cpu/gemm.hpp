@@ -16,25 +16,14 @@
 #include <span>
 #include <vector>
 
+#include "tmoe/backend/gemm_args.hpp"
 #include "tmoe/core/threading.hpp"
 
 namespace tmoe::backend::cpu {
 
-enum class Trans { kNo, kYes };
-
+using Trans = backend::Trans;
 template <class T>
-struct GemmArgs {
-  Trans ta = Trans::kNo, tb = Trans::kNo;
-  std::int64_t m = 0, n = 0, k = 0;  // C is (m, n); op(A) is (m, k); op(B) is (k, n)
-  T alpha = 1;
-  const T* a = nullptr;
-  std::int64_t lda = 0;
-  const T* b = nullptr;
-  std::int64_t ldb = 0;
-  T beta = 0;
-  T* c = nullptr;
-  std::int64_t ldc = 0;
-};
+using GemmArgs = backend::GemmArgs<T>;
 
 inline constexpr std::int64_t kRowTile = 64;      // rows of C per row-wise tile
 inline constexpr std::int64_t kTokenChunk = 256;  // rows of A summed per step of a reduction
@@ -147,12 +136,7 @@ struct GemmOps {
   template <class T>
   static void gemm(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
                    const T* b, T beta, T* c) {
-    GemmArgs<T> g;
-    g.ta = ta, g.tb = tb, g.m = m, g.n = n, g.k = k, g.alpha = alpha, g.a = a, g.b = b, g.beta = beta, g.c = c;
-    g.lda = ta == Trans::kNo ? k : m;
-    g.ldb = tb == Trans::kNo ? n : k;
-    g.ldc = n;
-    gemm(g);
+    gemm(packed_gemm(ta, tb, m, n, k, alpha, a, b, beta, c));
   }
 
   // A product whose result is never rounded to a narrow storage type (see

@@ -23,6 +23,7 @@
 #include "tmoe/backend/cuda/launch.hpp"
 #include "tmoe/backend/cuda/tensor.hpp"
 #include "tmoe/backend/cuda/types.hpp"
+#include "tmoe/precision/narrow.hpp"
 
 namespace tmoe::backend::cuda {
 
@@ -60,13 +61,14 @@ void scale_only(const GemmArgs<T>& g) {
 }
 
 template <class T>
-void gemm_call(const ColumnMajorCall<T>& c, compute_t<T> alpha, compute_t<T> beta) {
+void gemm_call(const ColumnMajorCall<T>& c, compute_t<T> alpha, compute_t<T> beta,
+               cublasComputeType_t compute = compute_type<T>()) {
   auto& ctx = Context::current();
   TMOE_CUBLAS_CHECK(cublasGemmEx(ctx.cublas(), op(c.trans_first), op(c.trans_second), static_cast<int>(c.rows),
                                  static_cast<int>(c.cols), static_cast<int>(c.inner), &alpha, c.first,
                                  Scalar<T>::data_type, static_cast<int>(c.ld_first), c.second, Scalar<T>::data_type,
                                  static_cast<int>(c.ld_second), &beta, c.c, Scalar<T>::data_type, static_cast<int>(c.ldc),
-                                 compute_type<T>(), CUBLAS_GEMM_DEFAULT));
+                                 compute, CUBLAS_GEMM_DEFAULT));
 }
 
 // Pinned host memory for the pointer arrays of a grouped call and its device copy. The
@@ -111,6 +113,16 @@ inline GroupedStaging& grouped_staging() {
   return s;
 }
 
+// The compute type of an fp32 product whose operands hold values of the narrow tag S
+// (backend::Stored<Cuda, S>: activations and published weights are rounded to S): cuBLAS may
+// convert them to S (or TF32) for the tensor cores, which is exact for such values, and
+// accumulates in fp32.
+template <class S>
+constexpr cublasComputeType_t narrow_compute() {
+  if constexpr (std::is_same_v<S, bf16>) return CUBLAS_COMPUTE_32F_FAST_16BF;
+  else return CUBLAS_COMPUTE_32F_FAST_16F;
+}
+
 }  // namespace detail
 
 struct GemmOps {
@@ -127,12 +139,7 @@ struct GemmOps {
   template <class T>
   static void gemm(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, const T* b,
                    T beta, T* c) {
-    GemmArgs<T> g;
-    g.ta = ta, g.tb = tb, g.m = m, g.n = n, g.k = k, g.alpha = alpha, g.a = a, g.b = b, g.beta = beta, g.c = c;
-    g.lda = ta == Trans::kNo ? k : m;
-    g.ldb = tb == Trans::kNo ? n : k;
-    g.ldc = n;
-    gemm(g);
+    gemm(packed_gemm(ta, tb, m, n, k, alpha, a, b, beta, c));
   }
 
   // A product never rounded to a narrow type: on the GPU the result has the operands' type,
@@ -141,6 +148,25 @@ struct GemmOps {
   static void gemm_exact(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a,
                          const T* b, T beta, T* c) {
     gemm(ta, tb, m, n, k, alpha, a, b, beta, c);
+  }
+
+  // Products of operands holding values of the narrow tag S (called by Stored<Cuda, S>;
+  // see detail::narrow_compute): fp32 buffers, tensor-core math, fp32 accumulation. Other
+  // element types: gemm.
+  template <class S, class T>
+  static void gemm_narrow(const GemmArgs<T>& g) {
+    if constexpr (!std::is_same_v<T, float>) {
+      gemm(g);
+    } else {
+      check_gemm(g, "tmoe::backend::cuda::gemm");
+      if (g.m == 0 || g.n == 0) return;
+      if (g.k == 0) return detail::scale_only(g);
+      detail::gemm_call(column_major(g), g.alpha, g.beta, detail::narrow_compute<S>());
+    }
+  }
+  template <class S, class T>
+  static void gemm_grouped_narrow(std::span<const GemmArgs<T>> problems) {
+    for (const auto& g : problems) gemm_narrow<S>(g);
   }
 
   // One cuBLAS call per problem, in order.

@@ -19,25 +19,14 @@
 #include <string>
 #include <vector>
 
+#include "tmoe/backend/gemm_args.hpp"
 #include "tmoe/core/error.hpp"
 
 namespace tmoe::backend::cuda {
 
-enum class Trans { kNo, kYes };
-
+using Trans = backend::Trans;
 template <class T>
-struct GemmArgs {
-  Trans ta = Trans::kNo, tb = Trans::kNo;
-  std::int64_t m = 0, n = 0, k = 0;  // C is (m, n); op(A) is (m, k); op(B) is (k, n)
-  T alpha = 1;
-  const T* a = nullptr;
-  std::int64_t lda = 0;
-  const T* b = nullptr;
-  std::int64_t ldb = 0;
-  T beta = 0;
-  T* c = nullptr;
-  std::int64_t ldc = 0;
-};
+using GemmArgs = backend::GemmArgs<T>;
 
 // One column-major call: C(rows, cols) = alpha op1(X) op2(Y) + beta C.
 template <class T>

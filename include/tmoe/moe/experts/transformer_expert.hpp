@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -57,6 +58,9 @@ struct TransformerExpert {
 
   template <class T, class B>
   struct impl {
+    static_assert(std::is_same_v<typename B::Space, HostSpace>,
+                  "tmoe: TransformerExpert<...> on a device backend (backend::Cuda): TransformerExpert is not ported to "
+                  "the GPU yet; use SwiGLU or GeluFFN experts there, or backend::Cpu");
     struct Layer {
       typename RmsNorm::template impl<T, B> attn_norm, ffn_norm;
       layers::Linear<T, B> qkv, out;
